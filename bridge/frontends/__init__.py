@@ -1,0 +1,1 @@
+"""Protocol frontends: each turns its protocol's request into a LoginRequest and back."""

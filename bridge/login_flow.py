@@ -1,0 +1,220 @@
+"""The one place that joins frontends, sources and sessions.
+
+A frontend turns a relying party's request into a `LoginRequest` and calls `LoginFlow.start`.
+The flow reuses the SSO session if the request allows it, otherwise sends the browser to
+/login; after a successful sign-in it hands the request and the session back to the frontend
+that registered for the request's protocol, which answers the relying party.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flask import Response, redirect, url_for
+
+from bridge.audit import AuditTrail
+from bridge.identity import Authentication
+from bridge.observability import Metrics
+from bridge.sessions import SessionManager, SsoSession
+from bridge.sources import AuthResult, Outcome, PasswordSource, SourceUnavailable
+from bridge.store import Store
+
+log = logging.getLogger("bridge.login")
+LOGIN_REQUEST_KIND = "login-request"
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """A relying party's request for a signed-in user, kept server-side under an opaque id."""
+
+    protocol: str
+    relying_party: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    force_authn: bool = False
+    passive: bool = False
+    max_age: int | None = None
+    sources: tuple[str, ...] = ()
+    login_hint: str | None = None
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    created: float = field(default_factory=time.time)
+
+    def to_record(self) -> dict[str, Any]:
+        """Serialise for the store."""
+        record = dataclasses.asdict(self)
+        record["params"] = dict(self.params)
+        record["sources"] = list(self.sources)
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LoginRequest:
+        """Rebuild from the store."""
+        return cls(**{**record, "sources": tuple(record.get("sources", ()))})
+
+
+class LoginError(Exception):
+    """Why a request could not be satisfied (told to the frontend, which maps it to its protocol)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class Frontend(Protocol):
+    """A protocol frontend: answers the relying party once the flow has a signed-in session."""
+
+    protocol: str
+
+    def complete(self, login_request: LoginRequest, session: SsoSession) -> Response:
+        """Build the protocol response for a signed-in session."""
+
+    def fail(self, login_request: LoginRequest, error: LoginError) -> Response:
+        """Tell the relying party the request cannot be satisfied (e.g. passive, no session)."""
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is on the other end of a browser request (for audit and, later, throttling)."""
+
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    """What a sign-in attempt produced: a session, or the outcome that the page explains."""
+
+    outcome: Outcome
+    session: SsoSession | None = None
+    source: str | None = None
+
+
+# Outcomes that prove the password was right; only these may be told apart to the user.
+PASSWORD_PROVEN = frozenset({Outcome.SUCCESS, Outcome.DISABLED})
+
+
+class LoginFlow:
+    """Joins frontends, sources and sessions; the only module that knows all three."""
+
+    def __init__(
+        self,
+        store: Store,
+        sessions: SessionManager,
+        sources: Sequence[PasswordSource],
+        audit: AuditTrail,
+        metrics: Metrics,
+        request_ttl: int,
+    ):
+        self.store = store
+        self.sessions = sessions
+        self.sources = list(sources)
+        self.audit = audit
+        self.metrics = metrics
+        self.request_ttl = request_ttl
+        self.frontends: dict[str, Frontend] = {}
+
+    def register(self, frontend: Frontend) -> None:
+        """Register the frontend that completes requests of its protocol."""
+        self.frontends[frontend.protocol] = frontend
+
+    def start(self, login_request: LoginRequest, session: SsoSession | None) -> Response:
+        """Answer at once from the SSO session if allowed, else send the browser to sign in."""
+        frontend = self.frontends[login_request.protocol]
+        if session is not None and self.session_satisfies(login_request, session):
+            return frontend.complete(login_request, session)
+        if login_request.passive:
+            return frontend.fail(login_request, LoginError("no_session", "no usable session"))
+        self.store.put(
+            LOGIN_REQUEST_KIND, login_request.id, login_request.to_record(), self.request_ttl
+        )
+        return redirect(url_for("auth.login", request=login_request.id))
+
+    def session_satisfies(self, login_request: LoginRequest, session: SsoSession) -> bool:
+        """True if an existing session may answer this request without a new sign-in."""
+        if login_request.force_authn:
+            return False
+        if login_request.max_age is not None:
+            if time.time() - session.auth_time > login_request.max_age:
+                return False
+        if login_request.sources and session.identity.source not in login_request.sources:
+            return False
+        return True
+
+    def pending(self, request_id: str | None) -> LoginRequest | None:
+        """The waiting request behind a /login link, if it is still live."""
+        if not request_id or len(request_id) > 64:
+            return None
+        record = self.store.get(LOGIN_REQUEST_KIND, request_id)
+        return LoginRequest.from_record(record) if record else None
+
+    def sign_in(
+        self,
+        username: str,
+        password: str,
+        client: Client,
+        login_request: LoginRequest | None,
+        previous_session_id: str | None,
+    ) -> SignInResult:
+        """Check credentials against the allowed sources and open a session on success."""
+        result, source = self._authenticate(username, password, login_request)
+        outcome = result.outcome
+        self.metrics.sign_ins.labels(outcome=outcome.value, source=source or "none").inc()
+        session = None
+        if result.ok and result.identity is not None and source is not None:
+            identity = result.identity.with_authentication(Authentication(source=source))
+            session = self.sessions.create(identity, previous_id=previous_session_id)
+            log.info("sign-in succeeded", extra={"source": source})
+        else:
+            log.info("sign-in failed", extra={"source": source, "outcome": outcome.value})
+        self.audit.record(
+            "sign-in",
+            outcome.value,
+            username=username,
+            subject=result.identity.subject if result.identity else None,
+            source=source,
+            client_ip=client.ip,
+            user_agent=client.user_agent,
+            request_id=client.request_id,
+            relying_party=login_request.relying_party if login_request else None,
+        )
+        return SignInResult(outcome, session, source)
+
+    def _authenticate(
+        self, username: str, password: str, login_request: LoginRequest | None
+    ) -> tuple[AuthResult, str | None]:
+        allowed = login_request.sources if login_request else ()
+        candidates = [s for s in self.sources if not allowed or s.id in allowed]
+        last = AuthResult(Outcome.UNKNOWN_USER)
+        tried = None
+        for source in candidates:
+            try:
+                result = source.authenticate(username, password)
+            except SourceUnavailable:
+                return AuthResult(Outcome.SOURCE_UNAVAILABLE), source.id
+            if result.outcome is Outcome.REJECTED_INPUT:
+                return result, None
+            tried, last = source.id, result
+            # The first source that knows the user decides; others never see the password.
+            if result.outcome is not Outcome.UNKNOWN_USER:
+                break
+        return last, tried
+
+    def finish(self, request_id: str | None, session: SsoSession) -> Response | None:
+        """Hand a waiting request to its frontend; None if there is none (plain /login)."""
+        if not request_id or len(request_id) > 64:
+            return None
+        record = self.store.take(LOGIN_REQUEST_KIND, request_id)
+        if record is None:
+            return None
+        login_request = LoginRequest.from_record(record)
+        frontend = self.frontends.get(login_request.protocol)
+        if frontend is None:
+            return None
+        return frontend.complete(login_request, session)

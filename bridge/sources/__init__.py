@@ -1,0 +1,75 @@
+"""Identity sources: they only authenticate and return a canonical Identity.
+
+Sources are shaped by capability (as Dex does): a password source checks a username and
+password; a redirect source (Entra ID, upstream SAML IdPs; later issues) hands the browser to
+another party. A wrong password and an unknown user are the same answer to the outside, but are
+told apart here so the audit trail and lockout logic can see them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bridge.identity import Identity
+
+MAX_USERNAME_LENGTH = 256
+MAX_PASSWORD_LENGTH = 1024
+
+
+class Outcome(enum.StrEnum):
+    """Why a sign-in attempt ended the way it did (internal; users see a generic message)."""
+
+    SUCCESS = "success"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    UNKNOWN_USER = "unknown_user"
+    REJECTED_INPUT = "rejected_input"
+    DISABLED = "disabled"
+    SOURCE_UNAVAILABLE = "source_unavailable"
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """What a password source answers: an Identity, or an outcome saying why not."""
+
+    outcome: Outcome
+    identity: Identity | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the user is signed in."""
+        return self.outcome is Outcome.SUCCESS and self.identity is not None
+
+
+@runtime_checkable
+class PasswordSource(Protocol):
+    """A source that checks a username and password (LDAP/AD, embedded directory)."""
+
+    id: str
+    display_name: str
+
+    def authenticate(self, username: str, password: str) -> AuthResult:
+        """Check the credentials; never raise for a wrong password or an unknown user."""
+
+    def check(self) -> None:
+        """Raise an exception with a readable message if the source cannot serve sign-ins."""
+
+
+class SourceUnavailable(Exception):
+    """A source cannot be reached right now (directory down, store locked)."""
+
+
+def credentials_acceptable(username: str, password: str) -> bool:
+    """Refuse, before any source sees them, inputs no real account can have.
+
+    Empty, whitespace-only or NUL-containing passwords are refused because Active Directory
+    treats an empty password as an anonymous bind that "succeeds" (checklist L01).
+    """
+    if not username or not username.strip() or len(username) > MAX_USERNAME_LENGTH:
+        return False
+    if "\x00" in username or any(ord(c) < 0x20 for c in username):
+        return False
+    if not password or not password.strip() or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    return "\x00" not in password

@@ -1,0 +1,614 @@
+"""The SQLite store: the embedded default backend (WAL, safe for several threads and processes).
+
+Written with SQLAlchemy Core. Every write runs in a `BEGIN IMMEDIATE` transaction so it takes
+SQLite's single write lock up front: a deferred transaction that reads first and then writes can
+fail with SQLITE_BUSY without ever waiting on the busy timeout, which immediate transactions do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
+
+from bridge.store import (
+    AuditEvent,
+    Clock,
+    Document,
+    StoreError,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+# Opportunistic purges of expired records run at most this often (seconds of clock time).
+PURGE_INTERVAL = 60.0
+
+# Ordered schema migrations; step N (1-based) moves `PRAGMA user_version` from N-1 to N.
+# Never edit a released step: append a new one, so every existing database can be brought forward.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE records (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,        -- JSON object
+            expires_at REAL NOT NULL,   -- Unix time; the record is live while expires_at > now
+            PRIMARY KEY (kind, key)
+        )
+        """,
+        "CREATE INDEX records_expires_at ON records (expires_at)",
+        """
+        CREATE TABLE documents (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version INTEGER NOT NULL CHECK (version > 0),
+            body TEXT NOT NULL,         -- JSON object
+            updated_at REAL NOT NULL,   -- Unix time
+            PRIMARY KEY (kind, key)
+        )
+        """,
+        """
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time INTEGER NOT NULL,      -- microseconds since the Unix epoch, UTC: exact, sortable
+            event TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            username TEXT,
+            subject TEXT,
+            source TEXT,
+            client_ip TEXT,
+            user_agent TEXT,
+            request_id TEXT,
+            detail TEXT NOT NULL        -- JSON object
+        )
+        """,
+        "CREATE INDEX audit_time ON audit (time)",
+        "CREATE INDEX audit_username ON audit (username, time)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Table descriptions for building statements; the DDL above is the source of truth.
+_metadata = MetaData()
+_records = Table(
+    "records",
+    _metadata,
+    Column("kind", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+_documents = Table(
+    "documents",
+    _metadata,
+    Column("kind", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+_audit = Table(
+    "audit",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", Integer, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("username", Text),
+    Column("subject", Text),
+    Column("source", Text),
+    Column("client_ip", Text),
+    Column("user_agent", Text),
+    Column("request_id", Text),
+    Column("detail", Text, nullable=False),
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Execution option read by the "begin" listener to choose the kind of BEGIN.
+_BEGIN_OPTION = "bridge_sqlite_begin"
+# Row used by ping() for its rolled-back write; a kind callers are unlikely to use.
+_PING_KIND = "\x00bridge-ping"
+
+# Pooled SQLite connections must never cross a fork (gunicorn --preload): the child drops the
+# parent's pool without closing it, so the parent's connections stay intact.
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _dispose_after_fork() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_dispose_after_fork)
+
+
+def _check_name(what: str, name: str) -> None:
+    """Reject kinds and keys that are not strings SQLite can store exactly."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text") from None
+
+
+def _encode(what: str, value: Mapping[str, Any]) -> str:
+    """Serialise a mapping to JSON text, or raise TypeError before anything is written."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping")
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON and other backends could not read them.
+        return json.dumps(dict(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not JSON-serialisable: {type(exc).__name__}") from None
+
+
+def _check_ttl(ttl: float) -> None:
+    """A ttl must be a positive, finite number of seconds."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError("ttl must be a number of seconds")
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError("ttl must be a positive, finite number of seconds")
+
+
+def _to_micros(what: str, moment: datetime) -> int:
+    """Convert an aware datetime to integer microseconds since the epoch (exact, sortable)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        # A naive datetime would silently be read as local time; refuse to guess.
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int) -> datetime:
+    """Convert microseconds since the epoch back to an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _failure(exc: BaseException) -> StoreError:
+    """Map a database failure to a store error whose message carries no values."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = str(orig.args[0]) if getattr(orig, "args", None) else type(orig).__name__
+    # SQLite's own messages name tables and columns, never bound values; keep them short.
+    reason = reason.splitlines()[0][:120] if reason else type(orig).__name__
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError | sqlite3.IntegrityError):
+        return StoreError(f"SQLite store rejected the write: {reason}")
+    return StoreUnavailable(f"SQLite store unavailable: {reason}")
+
+
+class SQLiteStore:
+    """The `Store` contract on one SQLite file, shared by threads and worker processes."""
+
+    def __init__(
+        self, path: str | Path, busy_timeout_ms: int = 5000, clock: Clock | None = None
+    ) -> None:
+        """Open (creating if needed) the database at path and bring its schema up to date."""
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must not be negative")
+        self.path = Path(path)
+        self._clock: Callable[[], float] = clock or time.time
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._purge_lock = threading.Lock()
+        self._next_purge = -math.inf
+        self._create_file()
+        self._engine = create_engine(
+            URL.create("sqlite", database=str(self.path)),
+            # sqlite3's own busy handler covers the first pragmas of a new connection.
+            connect_args={"timeout": self._busy_timeout_ms / 1000},
+            # Bound values include one-time codes and sessions: keep them out of exception text.
+            hide_parameters=True,
+            # Connections are cheap; enough for a threaded worker without queueing on the pool.
+            pool_size=5,
+            max_overflow=20,
+        )
+        event.listen(self._engine, "connect", self._on_connect)
+        event.listen(self._engine, "begin", self._on_begin)
+        _engines.add(self._engine)
+        try:
+            self.migrate()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- connection plumbing ------------------------------------------------------------------
+
+    def _create_file(self) -> None:
+        """Create the parent directory (0700) and an empty database file (0600) if missing."""
+        try:
+            if not self.path.parent.exists():
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # O_CREAT without O_EXCL: another worker may create it at the same moment, which is
+            # fine; a zero-length file is a valid empty SQLite database.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size == 0:
+                    os.fchmod(fd, 0o600)  # the umask may have widened nothing, but be explicit
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"SQLite store unavailable: cannot create database file ({exc.strerror})"
+            ) from None
+
+    def _on_connect(self, dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        """Configure every new connection (pragmas are per connection, not per database)."""
+        # Let SQLAlchemy's "begin" listener emit BEGIN itself, so writes can use BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first, so switching to WAL waits for a concurrently starting worker.
+            cursor.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}").fetchall()
+            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            # NORMAL is durable across application crashes in WAL mode, and much faster.
+            cursor.execute("PRAGMA synchronous = NORMAL").fetchall()
+            cursor.execute("PRAGMA foreign_keys = ON").fetchall()
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _on_begin(conn: Connection) -> None:
+        """Emit BEGIN, or BEGIN IMMEDIATE for connections that are about to write."""
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate driver and SQLAlchemy failures into store errors."""
+        try:
+            yield
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, sqlite3.Error) as exc:
+            raise _failure(exc) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection inside a deferred (read) transaction, committed on exit."""
+        with self._errors(), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A connection holding the write lock (BEGIN IMMEDIATE), committed on success."""
+        with self._errors(), self._engine.connect() as conn:
+            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply any pending schema migrations (idempotent; safe when workers start together)."""
+        with self._read() as conn:
+            current = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
+        if current == SCHEMA_VERSION:
+            return  # the common case: no write lock needed
+        with self._write() as conn:
+            # Re-read under the write lock: another worker may have migrated in the meantime.
+            current = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"SQLite store unavailable: schema version {current} is newer than "
+                    f"this release supports ({SCHEMA_VERSION})"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.exec_driver_sql(statement)
+                # user_version lives in the database header and commits with the transaction.
+                conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+
+    # -- time-limited records -----------------------------------------------------------------
+
+    def _purge_due(self, now: float) -> bool:
+        """True (and reschedule) if an opportunistic purge of expired records is due."""
+        with self._purge_lock:
+            if now < self._next_purge:
+                return False
+            self._next_purge = now + PURGE_INTERVAL
+            return True
+
+    def _purge_records(self, conn: Connection, now: float) -> int:
+        """Delete expired records inside the caller's transaction; return how many."""
+        return conn.execute(delete(_records).where(_records.c.expires_at <= now)).rowcount
+
+    def put(self, kind: str, key: str, value: Mapping[str, Any], ttl: float) -> None:
+        """Store a record that expires after ttl seconds, replacing any existing one."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        _check_ttl(ttl)
+        text = _encode("value", value)
+        now = self._clock()
+        stmt = sqlite_insert(_records).values(kind=kind, key=key, value=text, expires_at=now + ttl)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_records.c.kind, _records.c.key],
+            set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
+        )
+        with self._write() as conn:
+            if self._purge_due(now):
+                self._purge_records(conn, now)
+            conn.execute(stmt)
+
+    def add(self, kind: str, key: str, value: Mapping[str, Any], ttl: float) -> bool:
+        """Store a record only if no live one exists (replay caches); True if it was added."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        _check_ttl(ttl)
+        text = _encode("value", value)
+        now = self._clock()
+        stmt = sqlite_insert(_records).values(kind=kind, key=key, value=text, expires_at=now + ttl)
+        # One statement decides atomically: insert, or take over an expired row, or do nothing
+        # (rowcount 0) when a live record is there.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_records.c.kind, _records.c.key],
+            set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
+            where=_records.c.expires_at <= now,
+        )
+        with self._write() as conn:
+            if self._purge_due(now):
+                self._purge_records(conn, now)
+            return conn.execute(stmt).rowcount == 1
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Return a live record, or None if absent or expired."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        stmt = select(_records.c.value).where(
+            _records.c.kind == kind,
+            _records.c.key == key,
+            _records.c.expires_at > self._clock(),
+        )
+        with self._read() as conn:
+            text = conn.execute(stmt).scalar_one_or_none()
+        return None if text is None else json.loads(text)
+
+    def take(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Atomically read and delete a live record: at most one caller ever gets it."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        # A single DELETE ... RETURNING under the write lock: whoever deletes the row gets it,
+        # across threads and processes alike.
+        stmt = (
+            delete(_records)
+            .where(
+                _records.c.kind == kind,
+                _records.c.key == key,
+                _records.c.expires_at > self._clock(),
+            )
+            .returning(_records.c.value)
+        )
+        with self._write() as conn:
+            text = conn.execute(stmt).scalar_one_or_none()
+        return None if text is None else json.loads(text)
+
+    def delete(self, kind: str, key: str) -> None:
+        """Delete a record if present."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        with self._write() as conn:
+            conn.execute(delete(_records).where(_records.c.kind == kind, _records.c.key == key))
+
+    # -- versioned documents ------------------------------------------------------------------
+
+    @staticmethod
+    def _document(row: Any) -> Document:
+        """Build a Document from a documents row."""
+        return Document(
+            kind=row.kind,
+            key=row.key,
+            version=row.version,
+            body=json.loads(row.body),
+            updated_at=datetime.fromtimestamp(row.updated_at, UTC),
+        )
+
+    def get_document(self, kind: str, key: str) -> Document | None:
+        """Return the current version of a document, or None."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        stmt = select(_documents).where(_documents.c.kind == kind, _documents.c.key == key)
+        with self._read() as conn:
+            row = conn.execute(stmt).one_or_none()
+        return None if row is None else self._document(row)
+
+    def list_documents(self, kind: str) -> list[Document]:
+        """Return every document of a kind, ordered by key."""
+        _check_name("kind", kind)
+        # SQLite's default BINARY collation orders UTF-8 by code point, as Python's sorted().
+        stmt = select(_documents).where(_documents.c.kind == kind).order_by(_documents.c.key)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [self._document(row) for row in rows]
+
+    def save_document(
+        self, kind: str, key: str, body: Mapping[str, Any], expected_version: int
+    ) -> Document:
+        """Save a document if its current version is expected_version (0: must not exist yet).
+
+        Raises VersionConflict otherwise; returns the saved document with its new version.
+        """
+        _check_name("kind", kind)
+        _check_name("key", key)
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise TypeError("expected_version must be an int")
+        if expected_version < 0:
+            raise ValueError("expected_version must not be negative")
+        text = _encode("body", body)
+        now = self._clock()
+        version = expected_version + 1
+        with self._write() as conn:
+            if expected_version == 0:
+                try:
+                    conn.execute(
+                        insert(_documents).values(
+                            kind=kind, key=key, version=1, body=text, updated_at=now
+                        )
+                    )
+                except sa_exc.IntegrityError:
+                    # The primary key makes a concurrent or repeated create fail here.
+                    raise VersionConflict("document already exists") from None
+            else:
+                # Compare-and-set in one statement: only the writer that still sees
+                # expected_version changes the row.
+                result = conn.execute(
+                    update(_documents)
+                    .where(
+                        _documents.c.kind == kind,
+                        _documents.c.key == key,
+                        _documents.c.version == expected_version,
+                    )
+                    .values(version=version, body=text, updated_at=now)
+                )
+                if result.rowcount != 1:
+                    raise VersionConflict(f"document is not at version {expected_version}")
+        return Document(
+            kind=kind,
+            key=key,
+            version=version,
+            body=json.loads(text),
+            updated_at=datetime.fromtimestamp(now, UTC),
+        )
+
+    def delete_document(self, kind: str, key: str, expected_version: int) -> None:
+        """Delete a document at expected_version; raises VersionConflict if it moved on."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise TypeError("expected_version must be an int")
+        if expected_version < 1:
+            raise ValueError("expected_version of an existing document is at least 1")
+        stmt = delete(_documents).where(
+            _documents.c.kind == kind,
+            _documents.c.key == key,
+            _documents.c.version == expected_version,
+        )
+        with self._write() as conn:
+            if conn.execute(stmt).rowcount != 1:
+                raise VersionConflict(f"document is not at version {expected_version}")
+
+    # -- audit trail --------------------------------------------------------------------------
+
+    def append_audit(self, event: AuditEvent) -> None:
+        """Append an event to the audit trail."""
+        micros = _to_micros("event.time", event.time)
+        detail = _encode("event.detail", event.detail)
+        values = {
+            "time": micros,
+            "event": event.event,
+            "outcome": event.outcome,
+            "username": event.username,
+            "subject": event.subject,
+            "source": event.source,
+            "client_ip": event.client_ip,
+            "user_agent": event.user_agent,
+            "request_id": event.request_id,
+            "detail": detail,
+        }
+        with self._write() as conn:
+            conn.execute(insert(_audit).values(**values))
+
+    def query_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        username: str | None = None,
+        outcome: str | None = None,
+        event: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Return matching audit events (since <= time < until), newest first."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        stmt = select(_audit)
+        if since is not None:
+            stmt = stmt.where(_audit.c.time >= _to_micros("since", since))
+        if until is not None:
+            stmt = stmt.where(_audit.c.time < _to_micros("until", until))
+        if username is not None:
+            stmt = stmt.where(_audit.c.username == username)
+        if outcome is not None:
+            stmt = stmt.where(_audit.c.outcome == outcome)
+        if event is not None:
+            stmt = stmt.where(_audit.c.event == event)
+        # id breaks ties between events of the same microsecond: later appends count as newer.
+        stmt = stmt.order_by(_audit.c.time.desc(), _audit.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            AuditEvent(
+                event=row.event,
+                outcome=row.outcome,
+                time=_from_micros(row.time),
+                username=row.username,
+                subject=row.subject,
+                source=row.source,
+                client_ip=row.client_ip,
+                user_agent=row.user_agent,
+                request_id=row.request_id,
+                detail=json.loads(row.detail),
+            )
+            for row in rows
+        ]
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def purge_expired(self, audit_before: datetime | None = None) -> int:
+        """Delete expired records (and audit events older than audit_before); return the count."""
+        cutoff = None if audit_before is None else _to_micros("audit_before", audit_before)
+        now = self._clock()
+        with self._write() as conn:
+            count = self._purge_records(conn, now)
+            if cutoff is not None:
+                count += conn.execute(delete(_audit).where(_audit.c.time < cutoff)).rowcount
+        with self._purge_lock:
+            self._next_purge = max(self._next_purge, now + PURGE_INTERVAL)
+        return count
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers a trivial read and write check."""
+        with self._errors(), self._engine.connect() as conn:
+            # BEGIN IMMEDIATE waits for (at most busy_timeout) and takes the write lock, so a
+            # database locked by someone else is reported rather than only a readable one.
+            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            transaction = conn.begin()
+            try:
+                conn.execute(select(literal(1)).select_from(_records).limit(1)).all()
+                stmt = sqlite_insert(_records).values(
+                    kind=_PING_KIND, key="", value="{}", expires_at=0.0
+                )
+                conn.execute(stmt.on_conflict_do_nothing())
+            finally:
+                transaction.rollback()
+
+    def close(self) -> None:
+        """Release connections (the store reconnects if it is used again)."""
+        self._engine.dispose()

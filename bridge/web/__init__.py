@@ -1,0 +1,1 @@
+"""Browser-facing and operational HTTP surfaces, one blueprint each."""

@@ -1,0 +1,167 @@
+"""The browser sign-in pages: /login, /logout and the landing page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
+
+from bridge.login_flow import Client
+from bridge.services import services
+from bridge.sessions import SsoSession
+from bridge.sources import MAX_PASSWORD_LENGTH, MAX_USERNAME_LENGTH, Outcome
+
+bp = Blueprint("auth", __name__)
+
+GENERIC_FAILURE = "The username or password is incorrect."
+MESSAGES = {
+    Outcome.DISABLED: "This account is disabled. Contact your administrator.",
+    Outcome.SOURCE_UNAVAILABLE: "Sign-in is temporarily unavailable. Please try again shortly.",
+}
+STATUS = {Outcome.SOURCE_UNAVAILABLE: 503}
+
+
+def current_session() -> SsoSession | None:
+    """The SSO session of this browser, if any (loaded once per request)."""
+    if "sso_session" not in g:
+        cookie = request.cookies.get(services().config.session.cookie_name)
+        g.sso_session = services().sessions.load(cookie)
+    return g.sso_session
+
+
+def set_session_cookie(response: Response, session: SsoSession) -> None:
+    """Attach the session cookie: Secure, HttpOnly, SameSite=Lax, host-only."""
+    config = services().config
+    response.set_cookie(
+        config.session.cookie_name,
+        session.id,
+        secure=config.server.secure_cookies,
+        httponly=True,
+        samesite="Lax",
+        path="/",
+    )
+
+
+def landing_url() -> str:
+    """Where a browser goes after signing in without a relying party's request."""
+    if services().config.test_app.enabled:
+        return url_for("test_app.index")
+    return url_for("auth.home")
+
+
+def _login_page(request_id: str | None, error: str | None = None, status: int = 200) -> Response:
+    page = render_template(
+        "login.html",
+        csrf_token=services().csrf.token(),
+        request_id=request_id or "",
+        error=error,
+        max_username=MAX_USERNAME_LENGTH,
+        max_password=MAX_PASSWORD_LENGTH,
+    )
+    return make_response(page, status)
+
+
+@bp.get("/login")
+def login() -> Response:
+    """Show the sign-in form."""
+    request_id = request.args.get("request")
+    if request_id and services().login_flow.pending(request_id) is None:
+        request_id = None  # expired or unknown: signing in still works, then lands at home
+    return _login_page(request_id)
+
+
+@bp.post("/login")
+def login_submit() -> Response:
+    """Check the credentials; on success open a fresh session and continue the request."""
+    flow = services().login_flow
+    form = request.form
+    request_id = form.get("request") or None
+    username = form.get("username", "")
+    password = form.get("password", "")
+    client = Client(
+        ip=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+        request_id=g.get("request_id"),
+    )
+    if not services().csrf.valid(form.get("csrf_token")):
+        services().audit.record(
+            "sign-in",
+            Outcome.REJECTED_INPUT.value,
+            username=username,
+            client_ip=client.ip,
+            user_agent=client.user_agent,
+            request_id=client.request_id,
+            reason="csrf",
+        )
+        services().metrics.sign_ins.labels(outcome="rejected_input", source="none").inc()
+        return _login_page(request_id, GENERIC_FAILURE, 401)
+    login_request = flow.pending(request_id)
+    previous = request.cookies.get(services().config.session.cookie_name)
+    result = flow.sign_in(username, password, client, login_request, previous)
+    if result.session is None:
+        message = MESSAGES.get(result.outcome, GENERIC_FAILURE)
+        return _login_page(request_id, message, STATUS.get(result.outcome, 401))
+    g.sso_session = result.session
+    response = flow.finish(request_id, result.session) or redirect(landing_url(), 303)
+    set_session_cookie(response, result.session)
+    return response
+
+
+@bp.get("/logout")
+def logout() -> Response:
+    """Ask for confirmation, so a link alone cannot sign anyone out."""
+    return make_response(
+        render_template(
+            "logout.html", session=current_session(), csrf_token=services().csrf.token()
+        )
+    )
+
+
+@bp.post("/logout")
+def logout_submit() -> Response:
+    """End the SSO session and clear its cookie."""
+    if not services().csrf.valid(request.form.get("csrf_token")):
+        return make_response(
+            render_template(
+                "logout.html",
+                session=current_session(),
+                csrf_token=services().csrf.token(),
+                error="Your sign-out form expired. Please try again.",
+            ),
+            400,
+        )
+    config = services().config
+    session = current_session()
+    if session is not None:
+        services().sessions.destroy(session.id)
+        services().audit.record(
+            "sign-out",
+            "success",
+            username=session.identity.username,
+            subject=session.identity.subject,
+            source=session.identity.source,
+            client_ip=request.remote_addr,
+            user_agent=request.headers.get("User-Agent"),
+            request_id=g.get("request_id"),
+        )
+    g.sso_session = None
+    response = make_response(render_template("logged_out.html"))
+    response.delete_cookie(
+        config.session.cookie_name,
+        path="/",
+        secure=config.server.secure_cookies,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
+
+
+@bp.get("/")
+def home() -> Response:
+    """The landing page: who is signed in, or the way to sign in."""
+    session = current_session()
+    if session is None:
+        return redirect(url_for("auth.login"))
+    return make_response(
+        render_template(
+            "home.html", identity=session.identity, test_app=services().config.test_app.enabled
+        )
+    )
