@@ -372,15 +372,19 @@ def rotate(
         raise ValueError("keep_retired must be >= 0")
     moment = _now(now)
     path = Path(directory)
+    if not path.is_dir():
+        raise KeysMissing(f"no keys directory {path}; run `bridge keys generate`")
     with _exclusive_lock(path):
         keys = _load_keys(path, validate=False)
+        missing = [use for use in use_list if _find(keys, use, "current") is None]
+        if missing:
+            raise KeysMissing(
+                f"no current {', '.join(missing)} key in {path} to rotate; "
+                "run `bridge keys generate`"
+            )
         created: list[SigningKey] = []
         for use in use_list:
             current = _find(keys, use, "current")
-            if current is None:
-                raise KeysMissing(
-                    f"no current {use} key in {path} to rotate; run `bridge keys generate`"
-                )
             nxt = _find(keys, use, "next")
             template = nxt or current
             updated = []

@@ -325,6 +325,9 @@ def test_rotate_prunes_old_retired_keys(keydir: Path) -> None:
 def test_rotate_without_keys_is_keys_missing(tmp_path: Path) -> None:
     with pytest.raises(KeysMissing):
         rotate(tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(KeysMissing):
+        rotate(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -415,7 +418,7 @@ def test_refuses_group_or_world_readable_private_key(keydir: Path) -> None:
 
 
 def test_corrupt_pem_is_key_file_error_without_key_material(keydir: Path) -> None:
-    kid = kid_of(keydir, "jwt-rs256", "current")
+    kid = kid_of(keydir, "saml", "current")
     path = keydir / f"{kid}.key.pem"
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # truncated; mode stays 0600
@@ -430,8 +433,7 @@ def test_corrupt_pem_is_key_file_error_without_key_material(keydir: Path) -> Non
 
 
 def test_missing_or_mismatched_certificate(keydir: Path) -> None:
-    ring = KeyRing.load(keydir)
-    current, nxt = ring.current("saml").kid, ring.next("saml").kid
+    current, nxt = kid_of(keydir, "saml", "current"), kid_of(keydir, "saml", "next")
     shutil.copy(keydir / f"{nxt}.crt.pem", keydir / f"{current}.crt.pem")
     with pytest.raises(KeyFileError, match="does not match"):
         KeyRing.load(keydir)
@@ -448,8 +450,7 @@ def test_missing_private_key_file(keydir: Path) -> None:
 
 
 def test_swapped_key_file_is_detected(keydir: Path) -> None:
-    ring = KeyRing.load(keydir)
-    a, b = ring.current("jwt-es256").kid, ring.next("jwt-es256").kid
+    a, b = kid_of(keydir, "jwt-es256", "current"), kid_of(keydir, "jwt-es256", "next")
     os.replace(keydir / f"{a}.key.pem", keydir / "tmp.pem")
     os.replace(keydir / f"{b}.key.pem", keydir / f"{a}.key.pem")
     os.replace(keydir / "tmp.pem", keydir / f"{b}.key.pem")
