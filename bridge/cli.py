@@ -70,7 +70,8 @@ def _directory(config: BridgeConfig, store: Store, source_id: str | None) -> Emb
     if source_id:
         embedded = [s for s in embedded if s.id == source_id]
     if not embedded:
-        _fail("no embedded directory source is configured" + (f" with id {source_id}" if source_id else ""))
+        suffix = f" with id {source_id}" if source_id else ""
+        _fail(f"no embedded directory source is configured{suffix}")
     source = embedded[0]
     return EmbeddedDirectory(store, source.id, source.display_name)
 
@@ -380,7 +381,7 @@ def _parse_since(value: str | None) -> datetime | None:
 @main.command()
 @with_config
 @click.option("--user", "username", default=None, help="Only this username (as typed).")
-@click.option("--outcome", default=None, help="Only this outcome (success, invalid_credentials, ...).")
+@click.option("--outcome", default=None, help="Only this outcome (success, ...).")
 @click.option("--event", default=None, help="Only this event (sign-in, sign-out).")
 @click.option("--since", default=None, help="ISO time or duration such as 24h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)

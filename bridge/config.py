@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.yaml")
 CONFIG_ENV = "BRIDGE_CONFIG"
@@ -169,7 +170,7 @@ class SQLiteStoreConfig(Strict):
     """The embedded default store: one SQLite file in WAL mode."""
 
     type: Literal["sqlite"] = "sqlite"
-    path: Path = Path("../data/bridge.db")
+    path: Path = Field(default=Path("../data/bridge.db"), validate_default=True)
     busy_timeout_ms: int = Field(default=5000, ge=50, le=60000)
 
     @field_validator("path")
@@ -184,7 +185,7 @@ StoreConfig = Annotated[SQLiteStoreConfig, Field(discriminator="type")]
 class KeysConfig(Strict):
     """Where signing keys live and how long retired ones stay published."""
 
-    dir: Path = Path("../certs")
+    dir: Path = Field(default=Path("../certs"), validate_default=True)
     retired_publish_hours: int = Field(default=24, ge=0, le=24 * 90)
 
     @field_validator("dir")
@@ -251,7 +252,15 @@ class BridgeConfig(Strict):
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     secret_key: Secret | None = None
-    relying_parties_dir: Path = Path("relying_parties")
+    relying_parties_dir: Path = Field(default=Path("relying_parties"), validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sections(cls, data: Any) -> Any:
+        # Omitted sections are validated too, so their default paths resolve against the file.
+        if isinstance(data, dict):
+            return {"store": {"type": "sqlite"}, "keys": {}, **data}
+        return data
 
     @field_validator("secret_key", mode="before")
     @classmethod
@@ -269,11 +278,23 @@ class BridgeConfig(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_sources(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        # Report each repeat at its own path (sources[1].id), not at the whole list.
         seen: set[str] = set()
-        for source in value:
+        errors: list[InitErrorDetails] = []
+        for index, source in enumerate(value):
             if source.id in seen:
-                raise ValueError(f"source id {source.id!r} is used twice")
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "duplicate_id", "source id '{id}' is used twice", {"id": source.id}
+                        ),
+                        loc=(index, "id"),
+                        input=source.id,
+                    )
+                )
             seen.add(source.id)
+        if errors:
+            raise ValidationError.from_exception_data("sources", errors)
         return value
 
     def source(self, source_id: str) -> SourceConfig:
@@ -295,12 +316,14 @@ def format_location(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def validation_problems(error: ValidationError) -> list[str]:
+def validation_problems(
+    error: ValidationError, tags: frozenset[str] = frozenset({"embedded", "sqlite"})
+) -> list[str]:
     """Turn a pydantic ValidationError into `path: message` lines, one per problem."""
     problems = []
     for item in error.errors(include_url=False, include_input=False):
         # Discriminated unions put the chosen tag in the location; it is noise to a reader.
-        loc = tuple(p for p in item["loc"] if p not in {"embedded", "sqlite"})
+        loc = tuple(p for p in item["loc"] if p not in tags)
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"

@@ -58,7 +58,7 @@ class LoginRequest:
 
 
 class LoginError(Exception):
-    """Why a request could not be satisfied (told to the frontend, which maps it to its protocol)."""
+    """Why a request cannot be satisfied; the frontend maps it to its protocol's error."""
 
     def __init__(self, code: str, message: str):
         self.code = code

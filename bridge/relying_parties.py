@@ -78,7 +78,9 @@ def load_relying_party_files(directory: Path) -> list[RelyingParty]:
             try:
                 party = _parse(data, file.parent)
             except ValidationError as exc:
-                file_problems.extend(validation_problems(exc))
+                file_problems.extend(
+                    validation_problems(exc, tags=frozenset({"saml", "oidc", "wsfed"}))
+                )
             else:
                 if party.id in seen:
                     file_problems.append(f"id: {party.id!r} is also defined in {seen[party.id]}")

@@ -249,14 +249,15 @@ class SQLiteStore:
         try:
             if not self.path.parent.exists():
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # O_CREAT without O_EXCL: another worker may create it at the same moment, which is
-            # fine; a zero-length file is a valid empty SQLite database.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                if os.fstat(fd).st_size == 0:
-                    os.fchmod(fd, 0o600)  # the umask may have widened nothing, but be explicit
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return  # an existing file (perhaps just created by another worker) is kept as is
+            try:
+                os.fchmod(fd, 0o600)  # exact mode whatever the umask; the WAL files inherit it
             finally:
                 os.close(fd)
+            # A zero-length file is a valid empty SQLite database; migrate() fills it in.
         except OSError as exc:
             raise StoreUnavailable(
                 f"SQLite store unavailable: cannot create database file ({exc.strerror})"
