@@ -247,6 +247,69 @@ def keys_rotate(config: BridgeConfig, uses: tuple[str, ...]) -> None:
     _print_keys(changed)
 
 
+# Relying parties
+
+
+@main.group()
+def rp() -> None:
+    """Relying parties: SAML service providers, OIDC clients, WS-Fed realms."""
+
+
+def _registry(config: BridgeConfig) -> Any:
+    from bridge.relying_parties import RelyingPartyRegistry, load_relying_party_files
+
+    try:
+        static = load_relying_party_files(config.relying_parties_dir)
+    except ConfigError as exc:
+        click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(EXIT_CONFIG)
+    return RelyingPartyRegistry(_store(config), static)
+
+
+@rp.command("list")
+@with_config
+def rp_list(config: BridgeConfig) -> None:
+    """List relying parties: id, protocol, state, origin, name."""
+    registry = _registry(config)
+    for party in registry.all():
+        origin = "config" if registry.is_read_only(party.id) else "store"
+        state = "enabled" if party.enabled else "disabled"
+        click.echo(f"{party.id:24} {party.protocol:6} {state:8} {origin:6} {party.name}")
+
+
+@rp.command("show")
+@with_config
+@click.argument("party_id")
+def rp_show(config: BridgeConfig, party_id: str) -> None:
+    """Show one relying party's settings as YAML."""
+    import yaml
+
+    party = _registry(config).get(party_id)
+    if party is None:
+        _fail(f"no relying party {party_id!r}")
+        return
+    click.echo(yaml.safe_dump(party.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+@rp.command("remove")
+@with_config
+@click.argument("party_id")
+def rp_remove(config: BridgeConfig, party_id: str) -> None:
+    """Remove a relying party kept in the store (config-file ones are edited in their file)."""
+    from bridge.store import VersionConflict
+
+    try:
+        removed = _registry(config).remove(party_id)
+    except VersionConflict as exc:
+        _fail(str(exc))
+        return
+    if not removed:
+        _fail(f"no relying party {party_id!r} in the store")
+    click.echo(f"Removed {party_id}")
+
+
 # Users of the embedded directory
 
 
@@ -383,7 +446,12 @@ def _parse_since(value: str | None) -> datetime | None:
 @click.option("--user", "username", default=None, help="Only this username (as typed).")
 @click.option("--outcome", default=None, help="Only this outcome (success, ...).")
 @click.option("--event", default=None, help="Only this event (sign-in, sign-out).")
-@click.option("--since", default=None, help="ISO time or duration such as 24h, 7d.")
+@click.option(
+    "--since",
+    default=None,
+    callback=lambda _ctx, _param, value: _parse_since(value),
+    help="ISO time or duration such as 24h, 7d.",
+)
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(
@@ -391,13 +459,13 @@ def audit(
     username: str | None,
     outcome: str | None,
     event: str | None,
-    since: str | None,
+    since: datetime | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """Show the stored audit trail, newest first."""
     events = _store(config).query_audit(
-        since=_parse_since(since), username=username, outcome=outcome, event=event, limit=limit
+        since=since, username=username, outcome=outcome, event=event, limit=limit
     )
     for item in events:
         if as_json:

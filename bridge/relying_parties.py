@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError
 
 from bridge.config import ConfigError, Strict, load_yaml, validation_problems
-from bridge.store import Store
+from bridge.mapping import Rule, SubjectRule
+from bridge.store import Document, Store, VersionConflict
 
 RELYING_PARTY_KIND = "relying-party"
 RP_ID_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
@@ -27,6 +28,8 @@ class RelyingPartyBase(Strict):
     description: str = ""
     enabled: bool = True
     sources: tuple[str, ...] = ()
+    subject: SubjectRule = SubjectRule()
+    release: tuple[Rule, ...] = ()
 
 
 class SamlRelyingParty(RelyingPartyBase):
@@ -117,3 +120,20 @@ class RelyingPartyRegistry:
     def is_read_only(self, party_id: str) -> bool:
         """True for relying parties defined in config files."""
         return party_id in self.static
+
+    def save(self, party: RelyingParty, expected_version: int = 0) -> Document:
+        """Store a relying party (0: must be new); config-defined ids cannot be overwritten."""
+        if self.is_read_only(party.id):
+            raise VersionConflict(f"{party.id} is defined in a config file and is read-only")
+        body = party.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+        return self.store.save_document(RELYING_PARTY_KIND, party.id, body, expected_version)
+
+    def remove(self, party_id: str) -> bool:
+        """Delete a stored relying party; False if there is none. Config-defined ones refuse."""
+        if self.is_read_only(party_id):
+            raise VersionConflict(f"{party_id} is defined in a config file and is read-only")
+        document = self.store.get_document(RELYING_PARTY_KIND, party_id)
+        if document is None:
+            return False
+        self.store.delete_document(RELYING_PARTY_KIND, party_id, document.version)
+        return True
