@@ -13,16 +13,22 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from bridge.schema import (
+    MissingSecret,
+    Secret,
+    Strict,
+    TaggedSecret,
+    require_tagged_secret,
+    resolve_path,
+)
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.yaml")
 CONFIG_ENV = "BRIDGE_CONFIG"
@@ -37,27 +43,6 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
-class TaggedSecret(str):
-    """A string that came from `!env` or `!envfile`, the only accepted form for secrets."""
-
-    __slots__ = ("origin",)
-
-    def __new__(cls, value: str, origin: str) -> TaggedSecret:
-        instance = super().__new__(cls, value)
-        instance.origin = origin
-        return instance
-
-    def __repr__(self) -> str:
-        return f"<secret from {self.origin}>"
-
-
-class _MissingSecret:
-    """Placeholder for a tag whose variable or file is missing; reported as a problem."""
-
-    def __init__(self, origin: str):
-        self.origin = origin
-
-
 def _make_loader(problems: list[str], base_dir: Path) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
         pass
@@ -67,11 +52,11 @@ def _make_loader(problems: list[str], base_dir: Path) -> type[yaml.SafeLoader]:
         where = f"line {node.start_mark.line + 1}"
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
             problems.append(f"{where}: !env needs a variable name, got {name!r}")
-            return _MissingSecret(f"!env {name}")
+            return MissingSecret(f"!env {name}")
         value = os.environ.get(name)
         if value is None:
             problems.append(f"{where}: environment variable {name} (for !env) is not set")
-            return _MissingSecret(f"!env {name}")
+            return MissingSecret(f"!env {name}")
         return TaggedSecret(value, f"!env {name}")
 
     def envfile_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
@@ -84,36 +69,12 @@ def _make_loader(problems: list[str], base_dir: Path) -> type[yaml.SafeLoader]:
             value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             problems.append(f"{where}: cannot read !envfile {raw}: {exc.strerror}")
-            return _MissingSecret(f"!envfile {raw}")
+            return MissingSecret(f"!envfile {raw}")
         return TaggedSecret(value, f"!envfile {raw}")
 
     Loader.add_constructor("!env", env_tag)
     Loader.add_constructor("!envfile", envfile_tag)
     return Loader
-
-
-def _require_tagged(value: Any) -> Any:
-    if isinstance(value, _MissingSecret):
-        raise ValueError(f"secret {value.origin} is unavailable (see the problem above)")
-    if value is not None and not isinstance(value, TaggedSecret):
-        raise ValueError("secrets must be given with !env NAME or !envfile PATH, not as text")
-    return value
-
-
-Secret = Annotated[SecretStr, Field(json_schema_extra={"secret": True})]
-
-
-class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    if base is not None and not path.is_absolute():
-        return (Path(base) / path).resolve()
-    return path
 
 
 class ServerConfig(Strict):
@@ -147,7 +108,7 @@ class ServerConfig(Strict):
     @field_validator("tls_cert", "tls_key")
     @classmethod
     def _paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_path(value, info)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
@@ -176,7 +137,7 @@ class SQLiteStoreConfig(Strict):
     @field_validator("path")
     @classmethod
     def _path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
 
 StoreConfig = Annotated[SQLiteStoreConfig, Field(discriminator="type")]
@@ -191,7 +152,7 @@ class KeysConfig(Strict):
     @field_validator("dir")
     @classmethod
     def _dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
 
 class SessionConfig(Strict):
@@ -265,7 +226,7 @@ class BridgeConfig(Strict):
     @field_validator("secret_key", mode="before")
     @classmethod
     def _secret_key(cls, value: Any) -> Any:
-        value = _require_tagged(value)
+        value = require_tagged_secret(value)
         if value is not None and len(value) < 32:
             raise ValueError("must be at least 32 characters of random data")
         return value
@@ -273,7 +234,7 @@ class BridgeConfig(Strict):
     @field_validator("relying_parties_dir")
     @classmethod
     def _rp_dir(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        return resolve_path(value, info)
 
     @field_validator("sources")
     @classmethod

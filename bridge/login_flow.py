@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from flask import Response, redirect, url_for
 
@@ -76,6 +76,19 @@ class Frontend(Protocol):
 
     def fail(self, login_request: LoginRequest, error: LoginError) -> Response:
         """Tell the relying party the request cannot be satisfied (e.g. passive, no session)."""
+
+
+@runtime_checkable
+class LogoutPropagation(Protocol):
+    """A frontend that must tell its relying parties when an SSO session ends (SAML SLO)."""
+
+    protocol: str
+
+    def propagate_logout(self, session: SsoSession, done_url: str) -> Response | None:
+        """Start telling this protocol's participants; the chain ends by redirecting to done_url.
+
+        Return None when none of the session's participants speak this protocol.
+        """
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,16 @@ class LoginFlow:
             if result.outcome is not Outcome.UNKNOWN_USER:
                 break
         return last, tried
+
+    def end_session(self, session: SsoSession, done_url: str) -> Response | None:
+        """End an SSO session; a frontend may first take the browser round its participants."""
+        self.sessions.destroy(session.id)
+        for frontend in self.frontends.values():
+            if isinstance(frontend, LogoutPropagation):
+                response = frontend.propagate_logout(session, done_url)
+                if response is not None:
+                    return response
+        return None
 
     def finish(self, request_id: str | None, session: SsoSession) -> Response | None:
         """Hand a waiting request to its frontend; None if there is none (plain /login)."""

@@ -12,8 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 
-from bridge.config import ConfigError, Strict, load_yaml, validation_problems
+from bridge.config import ConfigError, load_yaml, validation_problems
 from bridge.mapping import Rule, SubjectRule
+from bridge.schema import Strict
 from bridge.store import Document, Store, VersionConflict
 
 RELYING_PARTY_KIND = "relying-party"

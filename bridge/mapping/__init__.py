@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from bridge.config import Strict
 from bridge.identity import Identity
+from bridge.schema import Strict
 
 IDENTITY_FIELDS = (
     "subject",

@@ -56,6 +56,16 @@ class PasswordSource(Protocol):
         """Raise an exception with a readable message if the source cannot serve sign-ins."""
 
 
+@runtime_checkable
+class RefreshableSource(Protocol):
+    """A source that can re-read a signed-in user (groups, account state) without a password."""
+
+    id: str
+
+    def refresh(self, identity: Identity) -> Identity | None:
+        """The user's current Identity, or None if they may no longer sign in."""
+
+
 class SourceUnavailable(Exception):
     """A source cannot be reached right now (directory down, store locked)."""
 

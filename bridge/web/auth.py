@@ -47,11 +47,24 @@ def landing_url() -> str:
     return url_for("auth.home")
 
 
-def _login_page(request_id: str | None, error: str | None = None, status: int = 200) -> Response:
+def _login_page(
+    request_id: str | None,
+    error: str | None = None,
+    status: int = 200,
+    username: str = "",
+) -> Response:
+    login_request = services().login_flow.pending(request_id) if request_id else None
+    party = None
+    if login_request is not None and login_request.relying_party:
+        party = services().relying_parties.get(login_request.relying_party)
+    if login_request is not None and not username:
+        username = login_request.login_hint or ""
     page = render_template(
         "login.html",
         csrf_token=services().csrf.token(),
         request_id=request_id or "",
+        relying_party=party.name if party else None,
+        username=username[:MAX_USERNAME_LENGTH],
         error=error,
         max_username=MAX_USERNAME_LENGTH,
         max_password=MAX_PASSWORD_LENGTH,
@@ -98,7 +111,8 @@ def login_submit() -> Response:
     result = flow.sign_in(username, password, client, login_request, previous)
     if result.session is None:
         message = MESSAGES.get(result.outcome, GENERIC_FAILURE)
-        return _login_page(request_id, message, STATUS.get(result.outcome, 401))
+        status = STATUS.get(result.outcome, 401)
+        return _login_page(request_id, message, status, username=username)
     g.sso_session = result.session
     response = flow.finish(request_id, result.session) or redirect(landing_url(), 303)
     set_session_cookie(response, result.session)
@@ -130,8 +144,10 @@ def logout_submit() -> Response:
         )
     config = services().config
     session = current_session()
+    response = None
     if session is not None:
-        services().sessions.destroy(session.id)
+        done_url = url_for("auth.logged_out")
+        response = services().login_flow.end_session(session, done_url)
         services().audit.record(
             "sign-out",
             "success",
@@ -143,7 +159,7 @@ def logout_submit() -> Response:
             request_id=g.get("request_id"),
         )
     g.sso_session = None
-    response = make_response(render_template("logged_out.html"))
+    response = response or make_response(render_template("logged_out.html"))
     response.delete_cookie(
         config.session.cookie_name,
         path="/",
@@ -152,6 +168,12 @@ def logout_submit() -> Response:
         samesite="Lax",
     )
     return response
+
+
+@bp.get("/logout/done")
+def logged_out() -> Response:
+    """Where a single-logout round ends."""
+    return make_response(render_template("logged_out.html"))
 
 
 @bp.get("/")
