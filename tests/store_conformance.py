@@ -31,7 +31,7 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 # Keys that would break naive SQL building, LIKE patterns, encodings or size limits.
 AWKWARD_KEYS = [
     "ключ-鍵-🔑",
-    "it's a \"quoted\" key; DROP TABLE records; --",
+    'it\'s a "quoted" key; DROP TABLE records; --',
     "100%",
     "a_c",
     "back\\slash",

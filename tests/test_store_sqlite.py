@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import stat
 import time
@@ -236,6 +237,31 @@ def test_put_purges_expired_records_at_most_once_a_minute(
     assert keys() == {"c"}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_uses_its_own_connections(store: SQLiteStore) -> None:
+    # gunicorn --preload forks after the app (and its store) exists: the child must not reuse
+    # the parent's pooled SQLite connections.
+    store.put("code", "k", {"v": 1}, ttl=60)
+    assert store.get("code", "k") == {"v": 1}  # the parent now holds a pooled connection
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        outcome = b"E"
+        try:
+            outcome = b"1" if store.take("code", "k") == {"v": 1} else b"0"
+        finally:
+            os.write(write_end, outcome)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    assert outcome == b"1"
+    assert store.get("code", "k") is None  # and the parent's connection still works
+    store.put("code", "k2", {"v": 2}, ttl=60)
+    assert store.get("code", "k2") == {"v": 2}
+
+
 def _worker(path: str, barrier: Any, index: int, results: Any) -> None:
     """Child process: create/open the store with the others, then race them for one key."""
     barrier.wait(timeout=60)  # 1: every worker opens (and so migrates) a brand-new file at once
@@ -283,3 +309,37 @@ def test_processes_create_the_database_then_only_one_takes(db_path: Path) -> Non
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def test_wal_switch_retries_while_another_worker_holds_the_new_file(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another worker has just created the file and is writing to it (RESERVED lock, still in
+    # rollback-journal mode). SQLite refuses our switch to WAL at once, without consulting the
+    # busy handler, so the store must retry by itself within its busy timeout.
+    db_path.parent.mkdir(mode=0o700)
+    db_path.touch(mode=0o600)
+    locker = raw(db_path, timeout=0)
+    locker.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="locked"):
+        SQLiteStore(db_path, busy_timeout_ms=200)
+    assert 0.18 <= time.monotonic() - started < 3.0
+
+    real_sleep = time.sleep
+
+    def sleep_then_release(seconds: float) -> None:
+        # The store is backing off: the other worker finishes now.
+        if locker.in_transaction:
+            locker.rollback()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep_then_release)
+    s = SQLiteStore(db_path, busy_timeout_ms=5000)
+    assert not locker.in_transaction  # it did have to wait for the other worker
+    locker.close()
+    s.put("code", "k", {"v": 1}, ttl=60)
+    assert s.get("code", "k") == {"v": 1}
+    s.close()
+    with closing(raw(db_path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

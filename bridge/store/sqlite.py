@@ -269,14 +269,34 @@ class SQLiteStore:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            # busy_timeout first, so switching to WAL waits for a concurrently starting worker.
             cursor.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}").fetchall()
-            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            self._enable_wal(cursor)
             # NORMAL is durable across application crashes in WAL mode, and much faster.
             cursor.execute("PRAGMA synchronous = NORMAL").fetchall()
             cursor.execute("PRAGMA foreign_keys = ON").fetchall()
         finally:
             cursor.close()
+
+    def _enable_wal(self, cursor: sqlite3.Cursor) -> None:
+        """Switch the database to WAL, retrying within the busy timeout while others hold it."""
+        # Turning a new database into WAL needs an exclusive lock, and SQLite answers contention
+        # on it with an immediate SQLITE_BUSY instead of calling the busy handler (to avoid a
+        # deadlock). That happens when several workers create the database at the same moment,
+        # so back off and retry as the busy handler would. Once the file is in WAL mode (which
+        # persists) the pragma is a no-op that never contends.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                remaining = deadline - time.monotonic()
+                if not busy or remaining <= 0:
+                    raise
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
 
     @staticmethod
     def _on_begin(conn: Connection) -> None:
