@@ -45,7 +45,18 @@ class ConfigError(Exception):
 
 def _make_loader(problems: list[str], base_dir: Path) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+            # YAML lets a repeated key silently win; in a config that hides mistakes.
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    problems.append(
+                        f"line {key_node.start_mark.line + 1}: key {key!r} appears twice"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
 
     def env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         name = loader.construct_scalar(node)

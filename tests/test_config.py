@@ -429,3 +429,14 @@ def test_relying_party_bad_id_and_yaml_error(tmp_path: Path) -> None:
     assert len(problems) == 2
     assert problems[0].startswith("a.yaml: id: String should match pattern")
     assert re.fullmatch(r"b\.yaml: line \d+, column \d+: not valid YAML: .+", problems[1])
+
+
+def test_repeated_key_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(
+        "sources:\n  - id: local\n    type: embedded\n"
+        "server:\n  workers: 2\n  workers: 3\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["line 6: key 'workers' appears twice"]

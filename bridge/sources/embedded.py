@@ -74,8 +74,7 @@ class EmbeddedDirectory:
         self.display_name = display_name
         # argon2-cffi's defaults are RFC 9106's second recommended option (argon2id).
         self._hasher = PasswordHasher()
-        # Verifying against this when the user is unknown keeps both answers equally slow.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._dummy: str | None = None
 
     @staticmethod
     def _key(username: str) -> str:
@@ -96,7 +95,7 @@ class EmbeddedDirectory:
         except StoreError as exc:
             raise SourceUnavailable("the embedded directory's store is unavailable") from exc
         if found is None:
-            self._verify(self._dummy_hash, password)
+            self._verify(self._dummy_hash(), password)
             return AuthResult(Outcome.UNKNOWN_USER)
         user, document = found
         if not self._verify(user.password_hash, password):
@@ -106,6 +105,13 @@ class EmbeddedDirectory:
         if self._hasher.check_needs_rehash(user.password_hash):
             self._rehash(user, document, password)
         return AuthResult(Outcome.SUCCESS, self.identity(user))
+
+    def _dummy_hash(self) -> str:
+        # Verifying against this when the user is unknown keeps both answers equally slow;
+        # made on first use so administrative commands do not pay for it.
+        if self._dummy is None:
+            self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
