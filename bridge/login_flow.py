@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from flask import Response, redirect, url_for
@@ -107,10 +108,23 @@ class SignInResult:
     outcome: Outcome
     session: SsoSession | None = None
     source: str | None = None
+    # When the password expires, if soon enough that the user should be warned.
+    password_expires: datetime | None = None
 
 
 # Outcomes that prove the password was right; only these may be told apart to the user.
-PASSWORD_PROVEN = frozenset({Outcome.SUCCESS, Outcome.DISABLED})
+# LOCKED is not among them: a locked account answers the same whatever the password.
+PASSWORD_PROVEN = frozenset({
+    Outcome.SUCCESS,
+    Outcome.DISABLED,
+    Outcome.ACCOUNT_EXPIRED,
+    Outcome.PASSWORD_EXPIRED,
+    Outcome.MUST_CHANGE_PASSWORD,
+    Outcome.LOGON_HOURS,
+    Outcome.WORKSTATION_RESTRICTED,
+})
+# Outcomes after which the user may set a new password and then continue.
+PASSWORD_CHANGE_NEEDED = frozenset({Outcome.PASSWORD_EXPIRED, Outcome.MUST_CHANGE_PASSWORD})
 
 
 class LoginFlow:
@@ -197,7 +211,7 @@ class LoginFlow:
             request_id=client.request_id,
             relying_party=login_request.relying_party if login_request else None,
         )
-        return SignInResult(outcome, session, source)
+        return SignInResult(outcome, session, source, result.password_expires if session else None)
 
     def _authenticate(
         self, username: str, password: str, login_request: LoginRequest | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from bridge.identity import Identity
@@ -27,6 +28,13 @@ class Outcome(enum.StrEnum):
     REJECTED_INPUT = "rejected_input"
     DISABLED = "disabled"
     SOURCE_UNAVAILABLE = "source_unavailable"
+    # Directory account states (Active Directory bind sub-codes and computed flags).
+    LOCKED = "locked"
+    ACCOUNT_EXPIRED = "account_expired"
+    PASSWORD_EXPIRED = "password_expired"
+    MUST_CHANGE_PASSWORD = "must_change_password"
+    LOGON_HOURS = "logon_hours"
+    WORKSTATION_RESTRICTED = "workstation_restricted"
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class AuthResult:
 
     outcome: Outcome
     identity: Identity | None = None
+    # Set on success when the password expires soon enough to warn the user.
+    password_expires: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,6 +74,16 @@ class RefreshableSource(Protocol):
 
     def refresh(self, identity: Identity) -> Identity | None:
         """The user's current Identity, or None if they may no longer sign in."""
+
+
+@runtime_checkable
+class PasswordChangeSource(Protocol):
+    """A source whose users can change their own password (expired, must change, or soon)."""
+
+    id: str
+
+    def change_password(self, username: str, old_password: str, new_password: str) -> str | None:
+        """Change the password; None on success, else a sentence saying why it was refused."""
 
 
 class SourceUnavailable(Exception):

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, make_response, redirect, render_template, request, url_for
 
-from bridge.login_flow import Client
+from bridge.login_flow import PASSWORD_CHANGE_NEEDED, PASSWORD_PROVEN, Client
 from bridge.services import services
 from bridge.sessions import SsoSession
 from bridge.sources import MAX_PASSWORD_LENGTH, MAX_USERNAME_LENGTH, Outcome
+from bridge.web import password_change
 
 bp = Blueprint("auth", __name__)
 
 GENERIC_FAILURE = "The username or password is incorrect."
+# Shown only for outcomes in PASSWORD_PROVEN (and for an unavailable source): anything else
+# gets GENERIC_FAILURE, so nobody learns whether an account exists or is locked.
 MESSAGES = {
     Outcome.DISABLED: "This account is disabled. Contact your administrator.",
+    Outcome.ACCOUNT_EXPIRED: "This account has expired. Contact your administrator.",
+    Outcome.LOGON_HOURS: "This account may not sign in at this time of day.",
+    Outcome.WORKSTATION_RESTRICTED: "This account may not sign in from here.",
     Outcome.SOURCE_UNAVAILABLE: "Sign-in is temporarily unavailable. Please try again shortly.",
 }
 STATUS = {Outcome.SOURCE_UNAVAILABLE: 503}
@@ -109,11 +115,20 @@ def login_submit() -> Response:
     login_request = flow.pending(request_id)
     previous = request.cookies.get(services().config.session.cookie_name)
     result = flow.sign_in(username, password, client, login_request, previous)
+    if result.outcome in PASSWORD_CHANGE_NEEDED and result.source:
+        return password_change.start_required_change(
+            username, result.source, result.outcome, request_id
+        )
     if result.session is None:
-        message = MESSAGES.get(result.outcome, GENERIC_FAILURE)
+        shown = result.outcome in PASSWORD_PROVEN or result.outcome is Outcome.SOURCE_UNAVAILABLE
+        message = MESSAGES.get(result.outcome, GENERIC_FAILURE) if shown else GENERIC_FAILURE
         status = STATUS.get(result.outcome, 401)
         return _login_page(request_id, message, status, username=username)
     g.sso_session = result.session
+    if result.password_expires is not None:
+        response = password_change.expiry_warning(result.password_expires, request_id)
+        set_session_cookie(response, result.session)
+        return response
     response = flow.finish(request_id, result.session) or redirect(landing_url(), 303)
     set_session_cookie(response, result.session)
     return response

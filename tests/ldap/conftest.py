@@ -1,0 +1,225 @@
+"""Fixtures: one Samba AD DC and one OpenLDAP slapd per test session, bridges in front of them."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.ldap.directories import (
+    NETBIOS,
+    SAMBA_BASE,
+    SLAPD_BASE,
+    SambaDC,
+    Slapd,
+    TestCA,
+)
+from tests.support import BRIDGE, REPO, LiveBridge, prepare, stop, wait_until_up, write_config
+
+PASSWORD_MARK = "__BIND_PASSWORD_FILE__"
+GENERIC = "The username or password is incorrect."
+
+
+@pytest.fixture(scope="session")
+def ldap_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for this session's directory servers."""
+    return tmp_path_factory.mktemp("directories")
+
+
+@pytest.fixture(scope="session")
+def test_ca(ldap_root: Path) -> TestCA:
+    """The CA that signs both servers' certificates (generated per run)."""
+    return TestCA(ldap_root / "ca")
+
+
+@pytest.fixture(scope="session")
+def samba(ldap_root: Path, test_ca: TestCA) -> Iterator[SambaDC]:
+    """A Samba AD DC, provisioned and seeded once per session, listening on 127.0.0.1:636."""
+    dc = SambaDC(ldap_root / "samba", test_ca)
+    dc.provision()
+    dc.start()
+    try:
+        yield dc
+    finally:
+        dc.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd(ldap_root: Path, test_ca: TestCA) -> Iterator[Slapd]:
+    """An OpenLDAP slapd, seeded once per session."""
+    server = Slapd(ldap_root / "slapd", test_ca)
+    server.configure()
+    server.start()
+    server.seed()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def ad_source(dc: SambaDC, ca_file: Path, **overrides: Any) -> dict[str, Any]:
+    """An `ldap` source config for the Samba DC (the bind password is filled in by write)."""
+    source: dict[str, Any] = {
+        "id": "ad",
+        "type": "ldap",
+        "display_name": "Corp AD",
+        "directory": "active_directory",
+        "servers": [dc.url],
+        "ca_file": str(ca_file),
+        "bind_dn": dc.service_dn(),
+        "bind_password": PASSWORD_MARK,
+        "netbios_domain": NETBIOS,
+        "user_search": {
+            "base_dn": SAMBA_BASE,
+            "filter": "(&(objectClass=user)(objectCategory=person))",
+        },
+    }
+    source.update(overrides)
+    return source
+
+
+def openldap_source(server: Slapd, ca_file: Path, **overrides: Any) -> dict[str, Any]:
+    """An `ldap` source config for slapd (uid/mail usernames, nested group search)."""
+    source: dict[str, Any] = {
+        "id": "openldap",
+        "type": "ldap",
+        "display_name": "Example LDAP",
+        "directory": "openldap",
+        "servers": [server.url],
+        "ca_file": str(ca_file),
+        "bind_dn": server.service_dn(),
+        "bind_password": PASSWORD_MARK,
+        "user_search": {
+            "base_dn": f"ou=people,{SLAPD_BASE}",
+            "filter": "(objectClass=inetOrgPerson)",
+            "upn_attribute": None,
+            "login_attribute": "uid",
+            "mail_attribute": "mail",
+            "username_forms": ["sam", "mail"],
+            "id_attribute": "entryUUID",
+            "username_attribute": "uid",
+        },
+        "group_search": {
+            "mode": "search",
+            "base_dn": f"ou=groups,{SLAPD_BASE}",
+            "filter": "(objectClass=groupOfNames)",
+        },
+    }
+    source.update(overrides)
+    return source
+
+
+def write_ldap_config(directory: Path, source: dict[str, Any], bind_password: str,
+                      **overrides: Any) -> Path:
+    """A bridge.yaml with this LDAP source (bind password via !envfile) and the test app."""
+    path = write_config(directory, sources=[source], **overrides)
+    secret = directory / "bind-password"
+    secret.write_text(bind_password)
+    os.chmod(secret, 0o600)
+    text = path.read_text().replace(PASSWORD_MARK, f"!envfile {secret}")
+    path.write_text(text)
+    prepare(path)
+    return path
+
+
+@contextmanager
+def live_bridge(config_path: Path, workers: int = 2) -> Iterator[LiveBridge]:
+    """tests.support.live_bridge for configs holding !envfile tags (its YAML read has none)."""
+    server = load_yaml(config_path)["server"]
+    log_path = config_path.parent / "server.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [*BRIDGE, "serve", "--config", str(config_path), "--workers", str(workers)],
+            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True,
+        )
+        try:
+            wait_until_up("http://" + server["bind"], process)
+            yield LiveBridge(server["public_url"], config_path, process, log_path)
+        finally:
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def ad_bridge(tmp_path_factory: pytest.TempPathFactory, samba: SambaDC,
+              test_ca: TestCA) -> Iterator[LiveBridge]:
+    """A bridge (gunicorn, 2 workers) whose only source is the Samba DC."""
+    directory = tmp_path_factory.mktemp("ad-bridge") / "bridge"
+    path = write_ldap_config(directory, ad_source(samba, test_ca.ca_file),
+                             samba.users["svc-bridge"].password)
+    with live_bridge(path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def openldap_bridge(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd,
+                    test_ca: TestCA) -> Iterator[LiveBridge]:
+    """A bridge whose only source is slapd."""
+    directory = tmp_path_factory.mktemp("openldap-bridge") / "bridge"
+    path = write_ldap_config(directory, openldap_source(slapd, test_ca.ca_file),
+                             slapd.service_password)
+    with live_bridge(path) as server:
+        yield server
+
+
+def cell(page: str, header: str) -> str:
+    """The text of the test application's table cell after <th>header</th>."""
+    match = re.search(rf"<th>{re.escape(header)}</th><td[^>]*>(.*?)</td>", page, re.S)
+    assert match, f"no {header} row on the page"
+    return html.unescape(match.group(1))
+
+
+def error_text(response: requests.Response) -> str:
+    """The sign-in page's error message."""
+    match = re.search(r'id="error">(.*?)</p>', response.text, re.S)
+    assert match, f"no error on the page (status {response.status_code})"
+    return html.unescape(match.group(1))
+
+
+def ldapsearch(url: str, ca_file: Path, bind_dn: str, password: str, base: str, flt: str,
+               *attributes: str) -> dict[str, list[str]]:
+    """Read one entry with OpenLDAP's own ldapsearch (an independent client)."""
+    secret = ca_file.parent / f"pw-{os.getpid()}"
+    secret.write_text(password)
+    os.chmod(secret, 0o600)
+    try:
+        result = subprocess.run(
+            ["ldapsearch", "-LLL", "-o", "ldif-wrap=no", "-x", "-H", url, "-D", bind_dn,
+             "-y", str(secret), "-b", base, flt, *attributes],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "LDAPTLS_CACERT": str(ca_file)},
+        )
+    finally:
+        secret.unlink()
+    assert result.returncode == 0, result.stderr
+    values: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        if ":" in line and not line.startswith(" "):
+            name, _, value = line.partition(":")
+            values.setdefault(name.lower(), []).append(value.strip())
+    return values
+
+
+def audit_outcomes(live: LiveBridge) -> list[tuple[str, str]]:
+    """(username, outcome) of every sign-in event, oldest first, from the store."""
+    import sqlite3
+
+    with sqlite3.connect(live.config_path.parent / "data" / "bridge.db") as db:
+        rows = db.execute(
+            "SELECT username, outcome FROM audit WHERE event='sign-in' ORDER BY rowid"
+        ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def load_yaml(path: Path) -> Any:
+    """Read a YAML file that may hold !envfile tags (as plain strings)."""
+    text = re.sub(r"!envfile\s+", "", path.read_text())
+    return yaml.safe_load(text)
