@@ -13,6 +13,9 @@ from bridge import observability
 from bridge.audit import AuditTrail
 from bridge.config import BridgeConfig, load_config
 from bridge.frontends import test_app
+from bridge.frontends.oidc import views as oidc_views
+from bridge.frontends.saml import frontend as saml_frontend
+from bridge.frontends.saml import views as saml_views
 from bridge.keys import KeyRing, load_or_create_secret
 from bridge.login_flow import LoginFlow
 from bridge.observability import Metrics
@@ -21,8 +24,9 @@ from bridge.services import EXTENSION_KEY, Services
 from bridge.sessions import SessionManager
 from bridge.sources import PasswordSource
 from bridge.sources.embedded import EmbeddedDirectory
+from bridge.sources.ldap import LdapSource
 from bridge.store import Store, StoreUnavailable, open_store
-from bridge.web import auth, ops
+from bridge.web import auth, ops, password_change
 from bridge.web.csrf import CsrfProtection
 
 log = logging.getLogger("bridge")
@@ -31,7 +35,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
-JSON_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics"})
+JSON_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics"}) | oidc_views.JSON_VIEWS
 
 
 def build_sources(config: BridgeConfig, store: Store) -> list[PasswordSource]:
@@ -40,6 +44,8 @@ def build_sources(config: BridgeConfig, store: Store) -> list[PasswordSource]:
     for source in config.sources:
         if source.type == "embedded":
             sources.append(EmbeddedDirectory(store, source.id, source.display_name))
+        elif source.type == "ldap":
+            sources.append(LdapSource(source))
     return sources
 
 
@@ -83,6 +89,7 @@ def create_app(
         store, sessions, sources, audit, metrics, config.session.login_request_minutes * 60
     )
     flow.register(test_app.TestAppFrontend())
+    flow.register(saml_frontend.SamlFrontend(secret))
     app.extensions[EXTENSION_KEY] = Services(
         config=config,
         store=store,
@@ -104,6 +111,9 @@ def create_app(
     app.register_blueprint(ops.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(test_app.bp)
+    app.register_blueprint(password_change.bp)
+    app.register_blueprint(saml_views.bp)
+    oidc_views.init_app(app)
     _install_response_policy(app)
     _install_error_pages(app)
     return app

@@ -476,3 +476,17 @@ def audit(
                 f"{item.time.isoformat(timespec='seconds')} {item.event:9} {item.outcome:20} "
                 f"{item.username or '-':24} {item.source or '-':10} {item.client_ip or '-'}"
             )
+
+
+from bridge.frontends.oidc.cli import add_oidc  # noqa: E402 - registered after the groups exist
+
+rp.add_command(add_oidc)
+
+from bridge.frontends.saml.cli import add_saml, refresh_saml  # noqa: E402 - as above
+
+rp.add_command(add_saml)
+rp.add_command(refresh_saml)
+
+from bridge.sources.ldap_cli import ldap  # noqa: E402 - as above
+
+main.add_command(ldap)

@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from bridge.frontends.oidc.settings import OidcSettings
+from bridge.frontends.saml.model import SamlIdpConfig
 from bridge.schema import (
     MissingSecret,
     Secret,
@@ -29,6 +31,7 @@ from bridge.schema import (
     require_tagged_secret,
     resolve_path,
 )
+from bridge.sources.ldap_config import LdapSourceConfig
 
 DEFAULT_CONFIG_PATH = Path("config/bridge.yaml")
 CONFIG_ENV = "BRIDGE_CONFIG"
@@ -56,7 +59,6 @@ def _make_loader(problems: list[str], base_dir: Path) -> type[yaml.SafeLoader]:
                     )
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
-
 
     def env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         name = loader.construct_scalar(node)
@@ -189,7 +191,9 @@ class EmbeddedSourceConfig(Strict):
     display_name: str = "Local accounts"
 
 
-SourceConfig = Annotated[EmbeddedSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[
+    EmbeddedSourceConfig | LdapSourceConfig, Field(discriminator="type")
+]
 
 
 class TestAppConfig(Strict):
@@ -223,6 +227,8 @@ class BridgeConfig(Strict):
     test_app: TestAppConfig = TestAppConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    saml: SamlIdpConfig = SamlIdpConfig()
+    oidc: OidcSettings = OidcSettings()
     secret_key: Secret | None = None
     relying_parties_dir: Path = Field(default=Path("relying_parties"), validate_default=True)
 
@@ -289,7 +295,7 @@ def format_location(loc: tuple[Any, ...]) -> str:
 
 
 def validation_problems(
-    error: ValidationError, tags: frozenset[str] = frozenset({"embedded", "sqlite"})
+    error: ValidationError, tags: frozenset[str] = frozenset({"embedded", "sqlite", "ldap"})
 ) -> list[str]:
     """Turn a pydantic ValidationError into `path: message` lines, one per problem."""
     problems = []

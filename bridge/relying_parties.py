@@ -8,11 +8,13 @@ Microsoft 365 issues; this module keeps the registry and the shared fields.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from bridge.config import ConfigError, load_yaml, validation_problems
+from bridge.frontends.oidc.settings import OidcAuthMethod, OidcGrantType, check_client_settings
+from bridge.frontends.saml.model import SamlServiceProviderSettings
 from bridge.mapping import Rule, SubjectRule
 from bridge.schema import Strict
 from bridge.store import Document, Store, VersionConflict
@@ -33,8 +35,8 @@ class RelyingPartyBase(Strict):
     release: tuple[Rule, ...] = ()
 
 
-class SamlRelyingParty(RelyingPartyBase):
-    """A SAML 2.0 service provider."""
+class SamlRelyingParty(RelyingPartyBase, SamlServiceProviderSettings):
+    """A SAML 2.0 service provider (its protocol fields: bridge/frontends/saml/model.py)."""
 
     protocol: Literal["saml"]
     entity_id: str = Field(min_length=1, max_length=1024)
@@ -44,8 +46,29 @@ class OidcRelyingParty(RelyingPartyBase):
     """An OAuth 2.0 / OpenID Connect client."""
 
     protocol: Literal["oidc"]
-    client_id: str = Field(min_length=1, max_length=255)
+    client_id: str = Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
     redirect_uris: tuple[str, ...] = ()
+    # OIDC client settings (bridge/frontends/oidc/settings.py checks them together).
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    public: bool = False
+    grant_types: tuple[OidcGrantType, ...] = ("authorization_code", "refresh_token")
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    auth_method: OidcAuthMethod = "client_secret_basic"
+    # SHA-256 of the generated secret (`bridge rp add-oidc`); the secret itself is never kept.
+    client_secret_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    id_token_signed_response_alg: Literal["ES256", "RS256"] | None = None
+    access_token_audience: str | None = Field(default=None, min_length=1, max_length=1024)
+    token_exchange_audiences: tuple[str, ...] = ()
+    access_token_seconds: int | None = Field(default=None, ge=60, le=24 * 3600)
+    id_token_seconds: int | None = Field(default=None, ge=60, le=24 * 3600)
+    refresh_token_seconds: int | None = Field(default=None, ge=300, le=365 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _client_settings(self) -> OidcRelyingParty:
+        check_client_settings(self)
+        return self
 
 
 class WsFedRelyingParty(RelyingPartyBase):
@@ -60,10 +83,12 @@ RelyingParty = Annotated[
 ]
 
 
-def _parse(data: object, base_dir: Path) -> RelyingParty:
-    from pydantic import TypeAdapter
+# Building the validator is costly (~0.5 ms); it is immutable, so build it once.
+_RELYING_PARTY_ADAPTER: TypeAdapter[RelyingParty] = TypeAdapter(RelyingParty)
 
-    return TypeAdapter(RelyingParty).validate_python(data, context={"base_dir": base_dir})
+
+def _parse(data: object, base_dir: Path) -> RelyingParty:
+    return _RELYING_PARTY_ADAPTER.validate_python(data, context={"base_dir": base_dir})
 
 
 def load_relying_party_files(directory: Path) -> list[RelyingParty]:
@@ -115,8 +140,16 @@ class RelyingPartyRegistry:
         return sorted(parties.values(), key=lambda party: party.id)
 
     def get(self, party_id: str) -> RelyingParty | None:
-        """One relying party by id."""
-        return next((party for party in self.all() if party.id == party_id), None)
+        """One relying party by id (one store read, not a listing)."""
+        if party_id in self.static:
+            return self.static[party_id]
+        document = self.store.get_document(RELYING_PARTY_KIND, party_id)
+        if document is None:
+            return None
+        try:
+            return _parse(document.body, Path("."))
+        except ValidationError:
+            return None
 
     def is_read_only(self, party_id: str) -> bool:
         """True for relying parties defined in config files."""
