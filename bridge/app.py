@@ -68,7 +68,7 @@ def create_app(
         hops = config.server.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
-    store = store or open_store(config.store)
+    store = store or open_store(config.store, tolerate_unavailable=True)
     keys = KeyRing.load(
         config.keys.dir, retired_publish_seconds=config.keys.retired_publish_hours * 3600
     )

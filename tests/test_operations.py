@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +126,15 @@ def test_locked_store_gives_503_readiness_and_readable_pages(live: LiveBridge) -
     assert sign_in(client, live.url, "alice", ALICE_PASSWORD).status_code == 200
 
 
+def _wait_for_status(url: str, status: int, deadline_seconds: float = 30) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if requests.get(url, timeout=10).status_code == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {status} within {deadline_seconds}s")
+
+
 def test_unreadable_store_gives_503_and_readable_pages(tmp_path: Path) -> None:
     path = write_config(tmp_path / "bridge")
     prepare(path, USERS)
@@ -134,6 +146,10 @@ def test_unreadable_store_gives_503_and_readable_pages(tmp_path: Path) -> None:
             Path(str(db_file) + suffix).unlink(missing_ok=True)
         with db_file.open("r+b") as handle:
             handle.write(b"this is not a database" * 512)
+        # Open connections may keep serving SQLite's page cache; workers that start now (as
+        # after a crash or a reload) must come up and report the store, not die.
+        os.kill(server.process.pid, signal.SIGHUP)
+        _wait_for_status(server.url + "/readyz", 503)
         ready = requests.get(server.url + "/readyz", timeout=10)
         assert ready.status_code == 503
         attempt = client.post(
@@ -146,3 +162,24 @@ def test_unreadable_store_gives_503_and_readable_pages(tmp_path: Path) -> None:
         assert "Traceback" not in attempt.text
         assert client.get(server.url + "/login").status_code == 200
         assert "Traceback" not in server.logs()
+
+
+def test_app_builds_and_reports_when_the_store_is_not_a_database(tmp_path: Path) -> None:
+    from bridge.app import create_app
+
+    path = write_config(tmp_path / "bridge")
+    prepare(path, USERS)
+    db_file = path.parent / "data" / "bridge.db"
+    db_file.write_bytes(b"garbage" * 1000)
+    for suffix in ("-wal", "-shm"):
+        Path(str(db_file) + suffix).unlink(missing_ok=True)
+    client = create_app(config_path=path).test_client()
+    assert client.get("/readyz").status_code == 503
+    page = client.get("/login")
+    assert page.status_code == 200
+    attempt = client.post(
+        "/login",
+        data={**form_fields(page.get_data(as_text=True)), "username": "alice",
+              "password": ALICE_PASSWORD},
+    )
+    assert attempt.status_code == 503 and b"temporarily unavailable" in attempt.data

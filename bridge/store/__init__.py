@@ -113,10 +113,21 @@ class Store(Protocol):
         """Release connections."""
 
 
-def open_store(settings: Any, clock: Clock | None = None) -> Store:
-    """Open the backend named by the store section of the config."""
+def open_store(
+    settings: Any, clock: Clock | None = None, *, tolerate_unavailable: bool = False
+) -> Store:
+    """Open the backend named by the store section of the config.
+
+    tolerate_unavailable: return a store that retries on every use instead of raising now
+    (server workers start and report not-ready while the store is down).
+    """
     from bridge.store.sqlite import SQLiteStore
 
     if settings.type == "sqlite":
-        return SQLiteStore(settings.path, busy_timeout_ms=settings.busy_timeout_ms, clock=clock)
+        return SQLiteStore(
+            settings.path,
+            busy_timeout_ms=settings.busy_timeout_ms,
+            clock=clock,
+            tolerate_unavailable=tolerate_unavailable,
+        )
     raise ValueError(f"unknown store type {settings.type!r}")

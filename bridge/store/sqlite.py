@@ -212,9 +212,19 @@ class SQLiteStore:
     """The `Store` contract on one SQLite file, shared by threads and worker processes."""
 
     def __init__(
-        self, path: str | Path, busy_timeout_ms: int = 5000, clock: Clock | None = None
+        self,
+        path: str | Path,
+        busy_timeout_ms: int = 5000,
+        clock: Clock | None = None,
+        *,
+        tolerate_unavailable: bool = False,
     ) -> None:
-        """Open (creating if needed) the database at path and bring its schema up to date."""
+        """Open (creating if needed) the database at path and bring its schema up to date.
+
+        With tolerate_unavailable, a database that cannot be opened or migrated now does not
+        raise: every use retries and raises StoreUnavailable until it works. Server workers
+        use this so they start (and report not-ready) while the store is broken.
+        """
         if busy_timeout_ms < 0:
             raise ValueError("busy_timeout_ms must not be negative")
         self.path = Path(path)
@@ -222,7 +232,8 @@ class SQLiteStore:
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._purge_lock = threading.Lock()
         self._next_purge = -math.inf
-        self._create_file()
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
         self._engine = create_engine(
             URL.create("sqlite", database=str(self.path)),
             # sqlite3's own busy handler covers the first pragmas of a new connection.
@@ -237,10 +248,11 @@ class SQLiteStore:
         event.listen(self._engine, "begin", self._on_begin)
         _engines.add(self._engine)
         try:
-            self.migrate()
-        except BaseException:
-            self._engine.dispose()
-            raise
+            self._prepare_schema()
+        except StoreUnavailable:
+            if not tolerate_unavailable:
+                self._engine.dispose()
+                raise
 
     # -- connection plumbing ------------------------------------------------------------------
 
@@ -315,12 +327,26 @@ class SQLiteStore:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         """A connection inside a deferred (read) transaction, committed on exit."""
-        with self._errors(), self._engine.connect() as conn, conn.begin():
+        if not self._schema_ready:
+            self._prepare_schema()
+        with self._read_unchecked() as conn:
             yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A connection holding the write lock (BEGIN IMMEDIATE), committed on success."""
+        if not self._schema_ready:
+            self._prepare_schema()
+        with self._write_unchecked() as conn:
+            yield conn
+
+    @contextmanager
+    def _read_unchecked(self) -> Iterator[Connection]:
+        with self._errors(), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write_unchecked(self) -> Iterator[Connection]:
         with self._errors(), self._engine.connect() as conn:
             conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
             with conn.begin():
@@ -328,13 +354,21 @@ class SQLiteStore:
 
     # -- schema -------------------------------------------------------------------------------
 
+    def _prepare_schema(self) -> None:
+        """Create the file if missing and migrate, once; later uses skip this check."""
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._create_file()
+                self.migrate()
+                self._schema_ready = True
+
     def migrate(self) -> None:
         """Apply any pending schema migrations (idempotent; safe when workers start together)."""
-        with self._read() as conn:
+        with self._read_unchecked() as conn:
             current = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
         if current == SCHEMA_VERSION:
             return  # the common case: no write lock needed
-        with self._write() as conn:
+        with self._write_unchecked() as conn:
             # Re-read under the write lock: another worker may have migrated in the meantime.
             current = conn.exec_driver_sql("PRAGMA user_version").scalar_one()
             if current > SCHEMA_VERSION:
@@ -616,6 +650,8 @@ class SQLiteStore:
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the backend answers a trivial read and write check."""
+        if not self._schema_ready:
+            self._prepare_schema()
         with self._errors(), self._engine.connect() as conn:
             # BEGIN IMMEDIATE waits for (at most busy_timeout) and takes the write lock, so a
             # database locked by someone else is reported rather than only a readable one.
