@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -31,19 +31,33 @@ config_option = click.option(
 )
 
 
-def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _exit_with_problems(exc: ConfigError) -> NoReturn:
+    click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
+    for problem in exc.problems:
+        click.echo(f"  - {problem}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _relying_party_files(config: BridgeConfig) -> list[Any]:
+    """The config-file relying parties, or exit 2 listing every problem."""
+    from bridge.relying_parties import load_relying_party_files
+
+    try:
+        return load_relying_party_files(config.relying_parties_dir)
+    except ConfigError as exc:
+        _exit_with_problems(exc)
 
 
 def _load(config_file: Path | None) -> BridgeConfig:
     try:
         return load_config(config_file)
     except ConfigError as exc:
-        click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _exit_with_problems(exc)
 
 
 def with_config(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +76,6 @@ def _store(config: BridgeConfig) -> Store:
         return open_store(config.store)
     except StoreError as exc:
         _fail(f"cannot open the store at {config.store.path}: {exc}")
-        raise  # unreachable; keeps type checkers content
 
 
 def _directory(config: BridgeConfig, store: Store, source_id: str | None) -> EmbeddedDirectory:
@@ -86,31 +99,15 @@ def main() -> None:
 @config_option
 def check_config(config_file: Path | None) -> None:
     """Validate the config file (and relying parties); list every problem, exit 2 if any."""
-    from bridge.relying_parties import load_relying_party_files
-
     config = _load(config_file)
-    try:
-        parties = load_relying_party_files(config.relying_parties_dir)
-    except ConfigError as exc:
-        click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
+    parties = _relying_party_files(config)
     path = config_path(config_file).resolve()
     click.echo(f"{path}: ok ({len(config.sources)} source(s), {len(parties)} relying part(ies))")
 
 
 def _prepare(config: BridgeConfig) -> None:
     """Fail early and clearly on what would stop every worker: store, keys, relying parties."""
-    from bridge.relying_parties import load_relying_party_files
-
-    try:
-        load_relying_party_files(config.relying_parties_dir)
-    except ConfigError as exc:
-        click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
+    _relying_party_files(config)
     _store(config).close()  # creates the database and runs migrations once, before forking
     try:
         keyring.KeyRing.load(config.keys.dir)
@@ -228,7 +225,6 @@ def keys_list(config: BridgeConfig) -> None:
         ring = keyring.KeyRing.load(config.keys.dir)
     except (keyring.KeysMissing, keyring.KeyFileError) as exc:
         _fail(str(exc))
-        return
     _print_keys(ring.all())
     for warning in ring.warnings():
         click.echo(f"WARNING: {warning}", err=True)
@@ -243,7 +239,6 @@ def keys_rotate(config: BridgeConfig, uses: tuple[str, ...]) -> None:
         changed = keyring.rotate(config.keys.dir, uses=uses or keyring.KEY_USES)
     except (keyring.KeysMissing, keyring.KeyFileError) as exc:
         _fail(str(exc))
-        return
     _print_keys(changed)
 
 
@@ -256,16 +251,9 @@ def rp() -> None:
 
 
 def _registry(config: BridgeConfig) -> Any:
-    from bridge.relying_parties import RelyingPartyRegistry, load_relying_party_files
+    from bridge.relying_parties import RelyingPartyRegistry
 
-    try:
-        static = load_relying_party_files(config.relying_parties_dir)
-    except ConfigError as exc:
-        click.echo(f"{exc.source}: {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  - {problem}", err=True)
-        sys.exit(EXIT_CONFIG)
-    return RelyingPartyRegistry(_store(config), static)
+    return RelyingPartyRegistry(_store(config), _relying_party_files(config))
 
 
 @rp.command("list")
@@ -289,7 +277,6 @@ def rp_show(config: BridgeConfig, party_id: str) -> None:
     party = _registry(config).get(party_id)
     if party is None:
         _fail(f"no relying party {party_id!r}")
-        return
     click.echo(yaml.safe_dump(party.model_dump(mode="json", by_alias=True), sort_keys=False))
 
 
@@ -304,7 +291,6 @@ def rp_remove(config: BridgeConfig, party_id: str) -> None:
         removed = _registry(config).remove(party_id)
     except VersionConflict as exc:
         _fail(str(exc))
-        return
     if not removed:
         _fail(f"no relying party {party_id!r} in the store")
     click.echo(f"Removed {party_id}")
@@ -354,7 +340,6 @@ def users_add(
         )
     except DirectoryError as exc:
         _fail(str(exc))
-        return
     click.echo(f"Created {user.username} ({user.id})")
     if generated:
         click.echo(f"Password (shown only this once): {password}")
@@ -375,7 +360,6 @@ def users_passwd(
         _directory(config, store, source_id).set_password(username, password)
     except DirectoryError as exc:
         _fail(str(exc))
-        return
     click.echo(f"Password of {username} changed")
     if generated:
         click.echo(f"New password (shown only this once): {password}")
@@ -404,7 +388,6 @@ def _set_disabled(config: BridgeConfig, source_id: str | None, username: str, va
         _directory(config, _store(config), source_id).set_disabled(username, value)
     except DirectoryError as exc:
         _fail(str(exc))
-        return
     click.echo(f"{username} {'disabled' if value else 'enabled'}")
 
 

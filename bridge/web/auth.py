@@ -157,24 +157,36 @@ def logout_submit() -> Response:
             ),
             400,
         )
-    config = services().config
     session = current_session()
     response = None
     if session is not None:
         done_url = url_for("auth.logged_out")
         response = services().login_flow.end_session(session, done_url)
-        services().audit.record(
-            "sign-out",
-            "success",
-            username=session.identity.username,
-            subject=session.identity.subject,
-            source=session.identity.source,
-            client_ip=request.remote_addr,
-            user_agent=request.headers.get("User-Agent"),
-            request_id=g.get("request_id"),
-        )
+        record_sign_out(session)
     g.sso_session = None
     response = response or make_response(render_template("logged_out.html"))
+    clear_session_cookie(response)
+    return response
+
+
+def record_sign_out(session: SsoSession, **detail: str) -> None:
+    """Audit the end of an SSO session, whichever surface ended it."""
+    services().audit.record(
+        "sign-out",
+        "success",
+        username=session.identity.username,
+        subject=session.identity.subject,
+        source=session.identity.source,
+        client_ip=request.remote_addr,
+        user_agent=request.headers.get("User-Agent"),
+        request_id=g.get("request_id"),
+        **detail,
+    )
+
+
+def clear_session_cookie(response: Response) -> None:
+    """Tell the browser to forget its session cookie (same attributes it was set with)."""
+    config = services().config
     response.delete_cookie(
         config.session.cookie_name,
         path="/",
@@ -182,7 +194,6 @@ def logout_submit() -> Response:
         httponly=True,
         samesite="Lax",
     )
-    return response
 
 
 @bp.get("/logout/done")

@@ -28,7 +28,7 @@ from bridge.login_flow import LoginRequest
 from bridge.mapping import AccessDenied, release
 from bridge.relying_parties import SamlRelyingParty
 from bridge.services import services
-from bridge.web.auth import current_session
+from bridge.web.auth import clear_session_cookie, current_session, record_sign_out
 
 bp = Blueprint("saml", __name__, url_prefix="/saml")
 PENDING_SECONDS = 300
@@ -277,25 +277,10 @@ def slo() -> Response:
             # Not this browser's session at this SP: answer, but end nothing.
             session = None
     if session is not None:
-        services().audit.record(
-            "sign-out",
-            "success",
-            username=session.identity.username,
-            subject=session.identity.subject,
-            source=session.identity.source,
-            client_ip=request.remote_addr,
-            relying_party=sp.id,
-        )
+        record_sign_out(session, relying_party=sp.id)
     response = frontend.start_sp_logout(session, sp, header.id, inbound.relay_state, endpoint)
     if session is not None:
-        config = services().config
-        response.delete_cookie(
-            config.session.cookie_name,
-            path="/",
-            secure=config.server.secure_cookies,
-            httponly=True,
-            samesite="Lax",
-        )
+        clear_session_cookie(response)
     return response
 
 
