@@ -172,12 +172,24 @@ def wait_until_up(url: str, process: subprocess.Popen[str], timeout: float = 30)
     raise TimeoutError(f"bridge did not answer at {url} within {timeout}s")
 
 
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads a bridge config without resolving !env/!envfile (their text is kept)."""
+
+
+_TagTolerantLoader.add_multi_constructor(
+    "!", lambda loader, _suffix, node: loader.construct_scalar(node)
+)
+
+
+def server_settings(config_path: Path) -> dict[str, Any]:
+    """The `server` section of a config file, even one holding secret tags."""
+    return yaml.load(config_path.read_text(), Loader=_TagTolerantLoader)["server"]  # noqa: S506
+
+
 @contextmanager
 def live_bridge(config_path: Path, workers: int = 2) -> Iterator[LiveBridge]:
     """Start `bridge serve` on the config's bind address and stop it afterwards."""
-    import yaml as _yaml
-
-    server = _yaml.safe_load(config_path.read_text())["server"]
+    server = server_settings(config_path)
     log_path = config_path.parent / "server.log"
     log = log_path.open("w")
     process = subprocess.Popen(

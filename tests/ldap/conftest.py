@@ -7,13 +7,11 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from tests.ldap.directories import (
     NETBIOS,
@@ -23,7 +21,7 @@ from tests.ldap.directories import (
     Slapd,
     TestCA,
 )
-from tests.support import BRIDGE, REPO, LiveBridge, prepare, stop, wait_until_up, write_config
+from tests.support import LiveBridge, live_bridge, prepare, write_config
 
 PASSWORD_MARK = "__BIND_PASSWORD_FILE__"
 GENERIC = "The username or password is incorrect."
@@ -131,23 +129,6 @@ def write_ldap_config(directory: Path, source: dict[str, Any], bind_password: st
     return path
 
 
-@contextmanager
-def live_bridge(config_path: Path, workers: int = 2) -> Iterator[LiveBridge]:
-    """tests.support.live_bridge for configs holding !envfile tags (its YAML read has none)."""
-    server = load_yaml(config_path)["server"]
-    log_path = config_path.parent / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*BRIDGE, "serve", "--config", str(config_path), "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True,
-        )
-        try:
-            wait_until_up("http://" + server["bind"], process)
-            yield LiveBridge(server["public_url"], config_path, process, log_path)
-        finally:
-            stop(process)
-
-
 @pytest.fixture(scope="module")
 def ad_bridge(tmp_path_factory: pytest.TempPathFactory, samba: SambaDC,
               test_ca: TestCA) -> Iterator[LiveBridge]:
@@ -217,9 +198,3 @@ def audit_outcomes(live: LiveBridge) -> list[tuple[str, str]]:
             "SELECT username, outcome FROM audit WHERE event='sign-in' ORDER BY rowid"
         ).fetchall()
     return [(r[0], r[1]) for r in rows]
-
-
-def load_yaml(path: Path) -> Any:
-    """Read a YAML file that may hold !envfile tags (as plain strings)."""
-    text = re.sub(r"!envfile\s+", "", path.read_text())
-    return yaml.safe_load(text)

@@ -17,12 +17,11 @@ from tests.ldap.conftest import (
     cell,
     error_text,
     ldapsearch,
-    live_bridge,
     openldap_source,
     write_ldap_config,
 )
 from tests.ldap.directories import SAMBA_BASE, SambaDC, Slapd, TestCA, free_port
-from tests.support import LiveBridge, browser_client, form_fields
+from tests.support import LiveBridge, browser_client, live_bridge, sign_in
 
 TIMEOUTS = {"connect_timeout_seconds": 1, "receive_timeout_seconds": 3}
 UNAVAILABLE = "Sign-in is temporarily unavailable. Please try again shortly."
@@ -44,10 +43,7 @@ def spare(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd,
 
 
 def _sign_in(live: LiveBridge, username: str, password: str) -> requests.Response:
-    client = browser_client()
-    page = client.get(live.url + "/login")
-    return client.post(live.url + "/login", data={
-        **form_fields(page.text), "username": username, "password": password})
+    return sign_in(browser_client(), live.url, username, password, path="/login")
 
 
 def _bad_password_count(samba: SambaDC, test_ca: TestCA, sam: str) -> int:
