@@ -86,7 +86,13 @@ def create_app(
     audit = AuditTrail(store, config.audit.retention_days)
     sources = build_sources(config, store)
     flow = LoginFlow(
-        store, sessions, sources, audit, metrics, config.session.login_request_minutes * 60
+        store,
+        sessions,
+        sources,
+        audit,
+        metrics,
+        config.session.login_request_minutes * 60,
+        revalidate_seconds=config.session.revalidate_minutes * 60,
     )
     flow.register(test_app.TestAppFrontend())
     flow.register(saml_frontend.SamlFrontend(secret))

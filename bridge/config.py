@@ -175,6 +175,9 @@ class SessionConfig(Strict):
     idle_minutes: int = Field(default=60, ge=1, le=24 * 60)
     absolute_hours: int = Field(default=8, ge=1, le=24 * 30)
     login_request_minutes: int = Field(default=15, ge=1, le=120)
+    # Re-read a signed-in user from their source (groups, disabled/locked) at most this often
+    # while the session is used; 0 never re-reads.
+    revalidate_minutes: int = Field(default=15, ge=0, le=24 * 60)
 
     @model_validator(mode="after")
     def _idle_within_absolute(self) -> SessionConfig:

@@ -23,7 +23,13 @@ from bridge.audit import AuditTrail
 from bridge.identity import Authentication
 from bridge.observability import Metrics
 from bridge.sessions import SessionManager, SsoSession
-from bridge.sources import AuthResult, Outcome, PasswordSource, SourceUnavailable
+from bridge.sources import (
+    AuthResult,
+    Outcome,
+    PasswordSource,
+    RefreshableSource,
+    SourceUnavailable,
+)
 from bridge.store import Store
 
 log = logging.getLogger("bridge.login")
@@ -138,6 +144,7 @@ class LoginFlow:
         audit: AuditTrail,
         metrics: Metrics,
         request_ttl: int,
+        revalidate_seconds: int = 0,
     ):
         self.store = store
         self.sessions = sessions
@@ -145,6 +152,7 @@ class LoginFlow:
         self.audit = audit
         self.metrics = metrics
         self.request_ttl = request_ttl
+        self.revalidate_seconds = revalidate_seconds
         self.frontends: dict[str, Frontend] = {}
 
     def register(self, frontend: Frontend) -> None:
@@ -173,6 +181,38 @@ class LoginFlow:
         if login_request.sources and session.identity.source not in login_request.sources:
             return False
         return True
+
+    def revalidate(self, session: SsoSession | None) -> SsoSession | None:
+        """Re-read the session's user from their source when due; None if they are now refused.
+
+        A disabled, locked or deleted directory account ends its SSO sessions within
+        revalidate_seconds of their next use. A source that is down keeps the session as is:
+        availability wins over freshness for a user who has already signed in.
+        """
+        if session is None or self.revalidate_seconds <= 0:
+            return session
+        if self.sessions.clock() - session.validated < self.revalidate_seconds:
+            return session
+        identity = session.identity
+        source = next((s for s in self.sources if s.id == identity.source), None)
+        if not isinstance(source, RefreshableSource):
+            return session
+        try:
+            fresh = source.refresh(identity)
+        except SourceUnavailable:
+            log.warning("session re-validation skipped: source unavailable",
+                        extra={"source": identity.source})
+            return session
+        if fresh is None:
+            self.sessions.destroy(session.id)
+            self.audit.record(
+                "session-revalidation", "revoked", username=identity.username,
+                subject=identity.subject, source=identity.source,
+            )
+            return None
+        if identity.authentication is not None:
+            fresh = fresh.with_authentication(identity.authentication)
+        return self.sessions.replace_identity(session, fresh)
 
     def pending(self, request_id: str | None) -> LoginRequest | None:
         """The waiting request behind a /login link, if it is still live."""

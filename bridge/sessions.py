@@ -27,6 +27,7 @@ class SsoSession:
     absolute_expiry: float
     last_seen: float
     participants: tuple[str, ...] = ()
+    validated: float = 0.0
 
     @property
     def auth_time(self) -> float:
@@ -66,6 +67,7 @@ class SessionManager:
             created=now,
             absolute_expiry=now + self.absolute_seconds,
             last_seen=now,
+            validated=now,
         )
         self._save(session)
         return session
@@ -85,6 +87,7 @@ class SessionManager:
             absolute_expiry=record["absolute_expiry"],
             last_seen=record["last_seen"],
             participants=tuple(record.get("participants", ())),
+            validated=record.get("validated", record["created"]),
         )
         if now >= session.absolute_expiry or now - session.last_seen >= self.idle_seconds:
             self.destroy(session_id)
@@ -104,6 +107,14 @@ class SessionManager:
         self._save(updated)
         return updated
 
+    def replace_identity(self, session: SsoSession, identity: Identity) -> SsoSession:
+        """Store a freshly re-read Identity in the session and note when it was checked."""
+        updated = SsoSession(
+            **{**session.__dict__, "identity": identity, "validated": self.clock()}
+        )
+        self._save(updated)
+        return updated
+
     def destroy(self, session_id: str) -> None:
         """End a session."""
         if session_id and len(session_id) <= 128:
@@ -117,5 +128,6 @@ class SessionManager:
             "absolute_expiry": session.absolute_expiry,
             "last_seen": session.last_seen,
             "participants": list(session.participants),
+            "validated": session.validated,
         }
         self.store.put(SESSION_KIND, _storage_key(session.id), record, max(ttl, 1.0))

@@ -138,6 +138,16 @@ class EmbeddedDirectory:
             groups=tuple(sorted(user.groups)),
         )
 
+    def refresh(self, identity: Identity) -> Identity | None:
+        """The user's current Identity (groups, names), or None if disabled or removed."""
+        try:
+            found = self._load(identity.username)
+        except StoreError as exc:
+            raise SourceUnavailable("the embedded directory's store is unavailable") from exc
+        if found is None or found[0].disabled or found[0].id != identity.subject:
+            return None
+        return self.identity(found[0])
+
     def check(self) -> None:
         """The embedded directory is available whenever its store is."""
         self.store.ping()

@@ -26,10 +26,10 @@ STATUS = {Outcome.SOURCE_UNAVAILABLE: 503}
 
 
 def current_session() -> SsoSession | None:
-    """The SSO session of this browser, if any (loaded once per request)."""
+    """The SSO session of this browser, if any (loaded and, when due, re-validated once)."""
     if "sso_session" not in g:
         cookie = request.cookies.get(services().config.session.cookie_name)
-        g.sso_session = services().sessions.load(cookie)
+        g.sso_session = services().login_flow.revalidate(services().sessions.load(cookie))
     return g.sso_session
 
 
