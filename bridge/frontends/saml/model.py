@@ -54,6 +54,9 @@ class SamlIdpConfig(Strict):
     metadata_valid_hours: int = Field(default=168, ge=1, le=24 * 365)
     # Upper bound of a SAMLRequest after Base64 decoding and inflating (S11).
     max_message_bytes: int = Field(default=256 * 1024, ge=4 * 1024, le=4 * 1024 * 1024)
+    # SAML bindings 3.4.3 caps RelayState at 80 bytes (S09), but mod_auth_mellon and
+    # python3-saml send the page's whole return URL there; raise this to serve such SPs.
+    max_relay_state_bytes: int = Field(default=80, ge=80, le=2048)
     # How often SPs registered with a metadata URL are re-read (can be overridden per SP).
     metadata_refresh_minutes: int = Field(default=360, ge=5, le=7 * 24 * 60)
 

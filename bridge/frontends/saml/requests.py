@@ -113,10 +113,10 @@ def decode_post(value: str, limit: int) -> bytes:
     return data
 
 
-def check_relay_state(value: str | None) -> str | None:
-    """RelayState is at most 80 bytes (S09) and is only ever echoed."""
-    if value is not None and len(value.encode("utf-8")) > MAX_RELAY_STATE_BYTES:
-        raise MessageError("RelayState is longer than 80 bytes.")
+def check_relay_state(value: str | None, limit: int = MAX_RELAY_STATE_BYTES) -> str | None:
+    """RelayState is at most `limit` bytes (80 by default, S09) and is only ever echoed."""
+    if value is not None and len(value.encode("utf-8")) > limit:
+        raise MessageError(f"RelayState is longer than {limit} bytes.")
     return value
 
 

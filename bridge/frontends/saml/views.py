@@ -102,7 +102,7 @@ class Inbound:
                 raise MessageError(f"The {field} parameter is missing.")
             self.xml = decode_post(value, limit)
             self.relay_state = request.form.get("RelayState")
-        check_relay_state(self.relay_state)
+        check_relay_state(self.relay_state, services().config.saml.max_relay_state_bytes)
         self.root = parse_xml(self.xml)
 
     def verify(self, header: MessageHeader, sp: SamlRelyingParty, required: bool) -> None:
@@ -210,7 +210,9 @@ def idp_initiated(rp_id: str) -> Response:
     endpoint = saml.default_acs(sp)
     if endpoint is None:
         return error_page("This application has no assertion consumer service registered.")
-    relay_state = check_relay_state(request.args.get("RelayState"))
+    relay_state = check_relay_state(
+        request.args.get("RelayState"), services().config.saml.max_relay_state_bytes
+    )
     target = Target(sp_id=sp.id, acs_url=endpoint.url, in_response_to=None, relay_state=relay_state)
     login_request = LoginRequest(
         protocol=saml.PROTOCOL, relying_party=sp.id, params=target.to_params(), sources=sp.sources
