@@ -71,10 +71,14 @@ def run_gunicorn(config: BridgeConfig, bind: str | None = None, workers: int | N
     """Serve with gunicorn; metrics from every worker are merged through a shared directory."""
     metrics_dir = tempfile.mkdtemp(prefix="bridge-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    main_pid = os.getpid()
     try:
         BridgeServer(config, bind, workers).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        # Forked workers leave through SystemExit up this same stack: only the main process
+        # may remove the directory every worker is still writing to.
+        if os.getpid() == main_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def run_dev(config: BridgeConfig, bind: str | None = None) -> None:

@@ -183,3 +183,43 @@ def test_app_builds_and_reports_when_the_store_is_not_a_database(tmp_path: Path)
               "password": ALICE_PASSWORD},
     )
     assert attempt.status_code == 503 and b"temporarily unavailable" in attempt.data
+
+
+def test_metrics_survive_worker_restarts(tmp_path: Path) -> None:
+    # Forked workers exit through the server's stack; none of them may remove the shared
+    # metrics directory the others still write to (it did, turning every request into a 500).
+    path = write_config(tmp_path / "bridge")
+    prepare(path, USERS)
+    with live_bridge(path) as server:
+        assert sign_in(browser_client(), server.url, "alice", ALICE_PASSWORD).status_code == 200
+        old_workers = _children(server.process.pid)
+        os.kill(server.process.pid, signal.SIGHUP)  # gunicorn replaces every worker
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = _children(server.process.pid)
+            if len(workers) == 2 and not workers & old_workers:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("gunicorn did not replace its workers within 30 s")
+        for _ in range(10):
+            assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+        metrics = requests.get(server.url + "/metrics", timeout=10)
+        assert metrics.status_code == 200
+        assert _metric(metrics.text, "bridge_sign_ins_total", outcome="success",
+                       source="local") == 1
+        assert "Traceback" not in server.logs()
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is pid (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
