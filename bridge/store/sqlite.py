@@ -30,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -135,10 +136,40 @@ _audit = Table(
     Column("detail", Text, nullable=False),
 )
 
+# The statements of a sign-in's writes, built once: building a statement and computing its
+# cache key on every call cost SQLAlchemy more CPU than SQLite spends running it.
+_upsert = sqlite_insert(_records)
+_PUT_RECORD = _upsert.on_conflict_do_update(
+    index_elements=[_records.c.kind, _records.c.key],
+    set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
+)
+_DELETE_RECORD = delete(_records).where(
+    _records.c.kind == bindparam("k_kind"), _records.c.key == bindparam("k_key")
+)
+_GET_RECORD = select(_records.c.value).where(
+    _records.c.kind == bindparam("k_kind"),
+    _records.c.key == bindparam("k_key"),
+    _records.c.expires_at > bindparam("k_now"),
+)
+_TAKE_RECORD = (
+    delete(_records)
+    .where(
+        _records.c.kind == bindparam("k_kind"),
+        _records.c.key == bindparam("k_key"),
+        _records.c.expires_at > bindparam("k_now"),
+    )
+    .returning(_records.c.value)
+)
+# Insert, or take over an expired row, or do nothing (rowcount 0) when a live record is there.
+_ADD_RECORD = _upsert.on_conflict_do_update(
+    index_elements=[_records.c.kind, _records.c.key],
+    set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
+    where=_records.c.expires_at <= bindparam("k_now"),
+)
+_APPEND_AUDIT = insert(_audit)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# Execution option read by the "begin" listener to choose the kind of BEGIN.
-_BEGIN_OPTION = "bridge_sqlite_begin"
 # Row used by ping() for its rolled-back write; a kind callers are unlikely to use.
 _PING_KIND = "\x00bridge-ping"
 
@@ -245,7 +276,6 @@ class SQLiteStore:
             max_overflow=20,
         )
         event.listen(self._engine, "connect", self._on_connect)
-        event.listen(self._engine, "begin", self._on_begin)
         _engines.add(self._engine)
         try:
             self._prepare_schema()
@@ -311,10 +341,15 @@ class SQLiteStore:
             delay = min(delay * 2, 0.05)
 
     @staticmethod
-    def _on_begin(conn: Connection) -> None:
-        """Emit BEGIN, or BEGIN IMMEDIATE for connections that are about to write."""
-        mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+    def _begin(conn: Connection, statement: str) -> None:
+        """Start the transaction: BEGIN, or BEGIN IMMEDIATE for connections about to write.
+
+        pysqlite runs in autocommit mode here (isolation_level None) and SQLAlchemy's own begin
+        emits nothing for it, so the statement goes straight to the driver. This replaces a
+        "begin" event listener: any engine-level listener makes SQLAlchemy dispatch every
+        execution event on every statement, which cost more CPU than SQLite's own work.
+        """
+        conn.connection.driver_connection.execute(statement)  # sqlite3.Error: see _errors
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -342,13 +377,15 @@ class SQLiteStore:
 
     @contextmanager
     def _read_unchecked(self) -> Iterator[Connection]:
-        with self._errors(), self._engine.connect() as conn, conn.begin():
-            yield conn
+        with self._errors(), self._engine.connect() as conn:
+            self._begin(conn, "BEGIN DEFERRED")
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _write_unchecked(self) -> Iterator[Connection]:
         with self._errors(), self._engine.connect() as conn:
-            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            self._begin(conn, "BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
 
@@ -403,15 +440,11 @@ class SQLiteStore:
         _check_ttl(ttl)
         text = _encode("value", value)
         now = self._clock()
-        stmt = sqlite_insert(_records).values(kind=kind, key=key, value=text, expires_at=now + ttl)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_records.c.kind, _records.c.key],
-            set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
-        )
+        row = {"kind": kind, "key": key, "value": text, "expires_at": now + ttl}
         with self._write() as conn:
             if self._purge_due(now):
                 self._purge_records(conn, now)
-            conn.execute(stmt)
+            conn.execute(_PUT_RECORD, row)
 
     def add(self, kind: str, key: str, value: Mapping[str, Any], ttl: float) -> bool:
         """Store a record only if no live one exists (replay caches); True if it was added."""
@@ -420,30 +453,20 @@ class SQLiteStore:
         _check_ttl(ttl)
         text = _encode("value", value)
         now = self._clock()
-        stmt = sqlite_insert(_records).values(kind=kind, key=key, value=text, expires_at=now + ttl)
-        # One statement decides atomically: insert, or take over an expired row, or do nothing
-        # (rowcount 0) when a live record is there.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_records.c.kind, _records.c.key],
-            set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at},
-            where=_records.c.expires_at <= now,
-        )
+        row = {"kind": kind, "key": key, "value": text, "expires_at": now + ttl, "k_now": now}
+        # One statement decides atomically (see _ADD_RECORD).
         with self._write() as conn:
             if self._purge_due(now):
                 self._purge_records(conn, now)
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(_ADD_RECORD, row).rowcount == 1
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         """Return a live record, or None if absent or expired."""
         _check_name("kind", kind)
         _check_name("key", key)
-        stmt = select(_records.c.value).where(
-            _records.c.kind == kind,
-            _records.c.key == key,
-            _records.c.expires_at > self._clock(),
-        )
+        match = {"k_kind": kind, "k_key": key, "k_now": self._clock()}
         with self._read() as conn:
-            text = conn.execute(stmt).scalar_one_or_none()
+            text = conn.execute(_GET_RECORD, match).scalar_one_or_none()
         return None if text is None else json.loads(text)
 
     def take(self, kind: str, key: str) -> dict[str, Any] | None:
@@ -452,17 +475,9 @@ class SQLiteStore:
         _check_name("key", key)
         # A single DELETE ... RETURNING under the write lock: whoever deletes the row gets it,
         # across threads and processes alike.
-        stmt = (
-            delete(_records)
-            .where(
-                _records.c.kind == kind,
-                _records.c.key == key,
-                _records.c.expires_at > self._clock(),
-            )
-            .returning(_records.c.value)
-        )
+        match = {"k_kind": kind, "k_key": key, "k_now": self._clock()}
         with self._write() as conn:
-            text = conn.execute(stmt).scalar_one_or_none()
+            text = conn.execute(_TAKE_RECORD, match).scalar_one_or_none()
         return None if text is None else json.loads(text)
 
     def delete(self, kind: str, key: str) -> None:
@@ -470,7 +485,7 @@ class SQLiteStore:
         _check_name("kind", kind)
         _check_name("key", key)
         with self._write() as conn:
-            conn.execute(delete(_records).where(_records.c.kind == kind, _records.c.key == key))
+            conn.execute(_DELETE_RECORD, {"k_kind": kind, "k_key": key})
 
     # -- versioned documents ------------------------------------------------------------------
 
@@ -588,7 +603,7 @@ class SQLiteStore:
             "detail": detail,
         }
         with self._write() as conn:
-            conn.execute(insert(_audit).values(**values))
+            conn.execute(_APPEND_AUDIT, values)
 
     def query_audit(
         self,
@@ -655,7 +670,7 @@ class SQLiteStore:
         with self._errors(), self._engine.connect() as conn:
             # BEGIN IMMEDIATE waits for (at most busy_timeout) and takes the write lock, so a
             # database locked by someone else is reported rather than only a readable one.
-            conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+            self._begin(conn, "BEGIN IMMEDIATE")
             transaction = conn.begin()
             try:
                 conn.execute(select(literal(1)).select_from(_records).limit(1)).all()
