@@ -28,13 +28,10 @@ from bridge.sources.ldap import LdapSource
 from bridge.store import Store, StoreUnavailable, open_store
 from bridge.web import auth, ops, password_change
 from bridge.web.csrf import CsrfProtection
+from bridge.web.response_policy import ResponsePolicy
 
 log = logging.getLogger("bridge")
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
-)
 JSON_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics"}) | oidc_views.JSON_VIEWS
 
 
@@ -126,17 +123,15 @@ def create_app(
 
 
 def _install_response_policy(app: Flask) -> None:
+    csrf = app.extensions[EXTENSION_KEY].csrf
+
     @app.after_request
-    def _headers(response: Response) -> Response:
-        app.extensions[EXTENSION_KEY].csrf.set_cookie(response)
-        headers = response.headers
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.endpoint != "static":
-            headers.setdefault("Cache-Control", "no-store")
-        return response
+    def _csrf_cookie(response: Response) -> Response:
+        return csrf.set_cookie(response)
+
+    # Security headers, no-store (except static files) and X-Request-ID: see response_policy.
+    static_prefix = (app.static_url_path or "/static") + "/"
+    app.wsgi_app = ResponsePolicy(app.wsgi_app, static_prefix)  # type: ignore[method-assign]
 
 
 def _wants_json() -> bool:

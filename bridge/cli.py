@@ -119,18 +119,18 @@ def _prepare(config: BridgeConfig) -> None:
 
 @main.command()
 @with_config
-@click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
+@click.option("--dev", is_flag=True, help="Flask's development server instead of server.engine.")
 @click.option("--bind", default=None, help="HOST:PORT to listen on (overrides server.bind).")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="gunicorn workers.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Worker processes.")
 def serve(config: BridgeConfig, dev: bool, bind: str | None, workers: int | None) -> None:
-    """Run the bridge (gunicorn; workers from config or one per CPU)."""
-    from bridge.serve import run_dev, run_gunicorn
+    """Run the bridge (server.engine: gunicorn or granian; workers from config or per CPU)."""
+    from bridge.serve import run_dev, run_server
 
     _prepare(config)
     if dev:
         run_dev(config, bind)
     else:
-        run_gunicorn(config, bind, workers)
+        run_server(config, bind, workers)
 
 
 @main.command()
@@ -182,10 +182,10 @@ def quickstart(config_file: Path | None, port: int, bind_host: str, serve: bool)
     click.echo(f"Bridge is running at {config.server.public_url}{landing}", nl=True)
     sys.stdout.flush()
     if serve:
-        from bridge.serve import run_gunicorn
+        from bridge.serve import run_server
 
         _prepare(config)
-        run_gunicorn(config)
+        run_server(config)
 
 
 # Keys

@@ -95,6 +95,8 @@ class ServerConfig(Strict):
 
     public_url: str = "http://localhost:8080"
     bind: str = "127.0.0.1:8080"
+    # The HTTP server: gunicorn (pure Python workers) or granian (Rust HTTP, WSGI workers).
+    engine: Literal["gunicorn", "granian"] = "gunicorn"
     workers: int | None = Field(default=None, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
     timeout_seconds: int = Field(default=30, ge=1, le=600)
