@@ -1,12 +1,21 @@
 """Token endpoint benchmark: the bridge side by side with node oidc-provider, same run.
 
-Measures, with the server pinned to one core (core 0) and the load generator on another:
-client_credentials grants per second with keep-alive and with a new connection per request
-(wrk), p50/p99 at half of the keep-alive peak (an open-loop generator below, latency taken
-from each request's scheduled time), and the bridge's authorization_code exchanges and
-refresh_token grants per second. Both servers sign ES256 JWT access tokens.
+All servers run at once, each pinned to core 0 (one worker / one process); the load generator
+runs on core 1. Measured: client_credentials grants per second with keep-alive and with a new
+connection per request (wrk), in rounds that alternate between the servers so that other work
+on a shared machine hits each of them alike (median and best of the rounds are kept); p50/p99
+at half of each server's median keep-alive peak (an open-loop generator below, latency taken
+from each request's scheduled time); and the bridge's authorization_code exchanges and
+refresh_token grants per second. Every server signs ES256 JWT access tokens (RFC 9068). The
+bridge runs with its default logging (INFO: one JSON access-log line per request, to a file)
+under each `server.engine` given.
 
-    .venv/bin/python bench/oidc_tokens.py [--duration 10] [--connections 16] [--no-peer]
+Each wrk run also gives requests per CPU-second of the server's processes (from /proc): the
+wall-clock rate says how much of the core a server got, the per-CPU-second rate what it did
+with it.
+
+    .venv/bin/python bench/oidc_tokens.py [--duration 5] [--rounds 3] [--connections 16]
+                                          [--engines granian,gunicorn] [--no-peer]
 
 Needs `wrk` (Debian) and `npm`; oidc-provider is installed into bench/.work/node.
 Not a test: it prints figures (docs/benchmarks.md keeps the ones measured).
@@ -22,27 +31,26 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.process_cpu import group_cpu  # noqa: E402 - the repository is on the path now
+from tests.support import free_port, stop  # noqa: E402
+
 WORK = REPO / "bench" / ".work"
 CLIENT_ID = "bench"
 CALLBACK = "http://127.0.0.1:9/cb"
 SERVER_CORE = "0"
 LOAD_CORE = "1"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+CC_BODY = "grant_type=client_credentials&scope=api.read"
+SEEDED = 25000
 
 
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -61,25 +69,13 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server started here (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 # -- the bridge -------------------------------------------------------------------------------
 
 
-def prepare_bridge(directory: Path, port: int) -> tuple[Path, str]:
+def prepare_bridge(directory: Path, port: int, engine: str) -> tuple[Path, str]:
     """A bridge config with keys and one confidential client; returns (config, secret)."""
     import yaml
 
-    sys.path.insert(0, str(REPO))
     from bridge import keys
     from bridge.config import load_config
     from bridge.frontends.oidc.clients import generate_secret
@@ -90,11 +86,12 @@ def prepare_bridge(directory: Path, port: int) -> tuple[Path, str]:
     directory.mkdir(parents=True)
     config_path = directory / "bridge.yaml"
     config_path.write_text(yaml.safe_dump({
-        "server": {"public_url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}"},
+        "server": {"public_url": f"http://127.0.0.1:{port}", "bind": f"127.0.0.1:{port}",
+                   "engine": engine},
         "store": {"type": "sqlite", "path": "data/bridge.db"},
         "keys": {"dir": "certs"},
         "sources": [{"id": "local", "type": "embedded"}],
-        "logging": {"format": "json", "level": "WARNING"},
+        "logging": {"format": "json", "level": "INFO"},
     }))
     config = load_config(config_path)
     keys.generate(config.keys.dir, development=True, rsa_bits=2048)
@@ -118,13 +115,18 @@ def seed_codes_and_refresh_tokens(config_path: Path, count: int) -> tuple[list[s
     from bridge.config import load_config
     from bridge.frontends.oidc.grants import CODE_KIND, GRANT_KIND, REFRESH_KIND
     from bridge.frontends.oidc.tokens import digest
-    from bridge.identity import Authentication, Identity
+    from bridge.identity import Authentication
+    from bridge.sources.embedded import EmbeddedDirectory
     from bridge.store import open_store
 
     config = load_config(config_path)
     store = open_store(config.store)
-    identity = Identity(subject="0b7e4c9a-bench", username="alice", source="local",
-                        email="alice@example.test").with_authentication(
+    # A real directory user: a refresh re-reads the user from its source, and a user the source
+    # no longer knows would turn every refresh into invalid_grant.
+    directory = EmbeddedDirectory(store, "local")
+    user = directory.add_user("alice", secrets.token_urlsafe(16), email="alice@example.test")
+    subject = user.id
+    identity = directory.identity(user).with_authentication(
         Authentication(source="local")).to_record()
     codes, refresh_tokens = [], []
     for _ in range(count):
@@ -133,14 +135,14 @@ def seed_codes_and_refresh_tokens(config_path: Path, count: int) -> tuple[list[s
         store.put(CODE_KIND, digest(code), {
             "client_id": CLIENT_ID, "redirect_uri": CALLBACK, "scope": "openid email",
             "nonce": None, "code_challenge": None, "code_challenge_method": None,
-            "identity": identity, "subject": "0b7e4c9a-bench", "grant_id": grant_id,
+            "identity": identity, "subject": subject, "grant_id": grant_id,
             "auth_time": int(time.time()), "acr": None, "amr": ["pwd"], "sid": None,
         }, 3600)
         codes.append(code)
         refresh = secrets.token_urlsafe(32)
         grant_id = secrets.token_urlsafe(18)
         store.put(GRANT_KIND, grant_id, {
-            "client_id": CLIENT_ID, "party_id": CLIENT_ID, "subject": "0b7e4c9a-bench",
+            "client_id": CLIENT_ID, "party_id": CLIENT_ID, "subject": subject,
             "identity": identity, "scope": "openid email", "auth_time": int(time.time()),
             "acr": None, "amr": ["pwd"], "sid": None, "refresh": digest(refresh),
             "grant_id": grant_id}, 3600)
@@ -206,13 +208,23 @@ def lua_script(path: Path, body: str, auth: str, close: bool, tokens_file: Path 
     return path
 
 
-def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, float]:
-    """Run wrk on the load core; requests/s, p50 and p99 in ms, and non-2xx count."""
+def cpu_seconds(process: subprocess.Popen | None) -> float:
+    """User + system CPU time of the server's processes (it leads its own process group)."""
+    return 0.0 if process is None else group_cpu(process.pid)
+
+
+def run_wrk(url: str, script: Path, duration: int, connections: int,
+            server: subprocess.Popen | None = None) -> dict[str, float]:
+    """Run wrk on the load core; requests/s, p50 and p99 in ms, non-2xx count, and requests
+    per CPU-second of the server's processes."""
+    before = cpu_seconds(server)
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
          "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(server) - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
 
     def latency(pct: str) -> float:
         match = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
@@ -222,6 +234,8 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
+            "server_cpu_s": round(used, 2),
+            "per_cpu_second": round(total / used) if used > 0 else None,
             "non_2xx": int(bad.group(1)) if bad else 0,
             "socket_errors": errors.group(1) if errors else ""}
 
@@ -276,83 +290,148 @@ def _raw_request(port: int, body: str, auth: str) -> bytes:
 # -- main -------------------------------------------------------------------------------------
 
 
-def measure_client_credentials(name: str, token_url: str, port: int, path: str, secret: str,
-                               args: argparse.Namespace, scripts: Path) -> dict[str, object]:
-    """Keep-alive and new-connection throughput, then latency at half the keep-alive peak."""
+@dataclass
+class Target:
+    """One server under test and how to ask it for a client_credentials token."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    path: str
+    secret: str
+    scripts: dict[str, Path]
+
+    @property
+    def url(self) -> str:
+        """The token endpoint."""
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+
+def target(name: str, process: subprocess.Popen, port: int, path: str, secret: str,
+           scripts: Path) -> Target:
+    """A server with its wrk scripts (keep-alive and a new connection per request)."""
     auth = base64.b64encode(f"{CLIENT_ID}:{secret}".encode()).decode()
-    body = "grant_type=client_credentials&scope=api.read"
-    keep = lua_script(scripts / f"{name}-keep.lua", body, auth, False, None)
-    close = lua_script(scripts / f"{name}-close.lua", body, auth, True, None)
-    run_wrk(token_url, keep, 2, args.connections)  # warm-up
-    result: dict[str, object] = {
-        "keepalive": run_wrk(token_url, keep, args.duration, args.connections),
-        "new_connection": run_wrk(token_url, close, args.duration, args.connections),
-    }
-    half = result["keepalive"]["rps"] / 2  # type: ignore[index]
-    raw = _raw_request(port, body, auth).replace(b"/token-path", path.encode())
+    return Target(name, process, port, path, secret, {
+        "keepalive": lua_script(scripts / f"{name}-keep.lua", CC_BODY, auth, False, None),
+        "new_connection": lua_script(scripts / f"{name}-close.lua", CC_BODY, auth, True, None),
+    })
+
+
+def half_load_latency(server: Target, rate: float, duration: int) -> dict[str, float]:
+    """p50/p99 at a fixed rate from the open-loop generator (on the load core)."""
+    auth = base64.b64encode(f"{CLIENT_ID}:{server.secret}".encode()).decode()
+    raw = _raw_request(server.port, CC_BODY, auth).replace(b"/token-path", server.path.encode())
     code = (
         f"import asyncio, json, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); "
         "import oidc_tokens as b; "
-        f"lat = asyncio.run(b._open_loop('127.0.0.1', {port}, {raw!r}, {half}, "
-        f"{args.duration}, 32)); print('LATENCIES', json.dumps(lat))"
+        f"lat = asyncio.run(b._open_loop('127.0.0.1', {server.port}, {raw!r}, {rate}, "
+        f"{duration}, 32)); print('LATENCIES', json.dumps(lat))"
     )
     out = subprocess.run(["taskset", "-c", LOAD_CORE, sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout
     latencies = sorted(json.loads(out.split("LATENCIES", 1)[1]))
-    result["half_load"] = {"rate": round(half), "p50_ms": statistics.median(latencies) * 1000,
-                           "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
-    return result
+    return {"rate": round(rate), "p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2)}
+
+
+def measure_client_credentials(servers: list[Target], args: argparse.Namespace
+                               ) -> dict[str, dict[str, object]]:
+    """Keep-alive and new-connection throughput, taken in rounds that alternate between the
+    servers (so a burst of other work on the machine hits each of them alike), then latency
+    at half of each server's median keep-alive peak."""
+    results: dict[str, dict[str, object]] = {server.name: {} for server in servers}
+    for server in servers:
+        run_wrk(server.url, server.scripts["keepalive"], 2, args.connections)  # warm-up
+    for mode in ("keepalive", "new_connection"):
+        runs: dict[str, list[dict[str, float]]] = {server.name: [] for server in servers}
+        for _ in range(args.rounds):
+            for server in servers:
+                runs[server.name].append(run_wrk(server.url, server.scripts[mode],
+                                                 args.duration, args.connections,
+                                                 server.process))
+        for server in servers:
+            ordered = sorted(runs[server.name], key=lambda run: run["rps"])
+            results[server.name][mode] = {"median": ordered[len(ordered) // 2],
+                                          "best": ordered[-1], "rounds": ordered}
+    for server in servers:
+        peak = results[server.name]["keepalive"]["median"]["rps"]  # type: ignore[index]
+        results[server.name]["half_load"] = half_load_latency(server, peak / 2, args.duration)
+    return results
+
+
+def start_bridge_target(engine: str, run_dir: Path, scripts: Path
+                        ) -> tuple[Target, Path, str]:
+    """A prepared bridge under one engine, seeded with codes and refresh tokens."""
+    port = free_port()
+    config_path, secret = prepare_bridge(run_dir / f"bridge-{engine}", port, engine)
+    codes, refresh_tokens = seed_codes_and_refresh_tokens(config_path, SEEDED)
+    (scripts / f"codes-{engine}.txt").write_text("\n".join(codes) + "\n")
+    (scripts / f"refresh-{engine}.txt").write_text("\n".join(refresh_tokens) + "\n")
+    process = start_bridge(config_path, port, run_dir / f"bridge-{engine}.log")
+    return (target(f"bridge_{engine}", process, port, "/oauth2/token", secret, scripts),
+            config_path, secret)
+
+
+def measure_code_and_refresh(server: Target, engine: str, args: argparse.Namespace,
+                             scripts: Path) -> dict[str, object]:
+    """authorization_code exchanges and refresh_token grants (each value is single-use)."""
+    auth = base64.b64encode(f"{CLIENT_ID}:{server.secret}".encode()).decode()
+    short = max(2, min(args.duration, 5))  # at most SEEDED requests per kind
+    code_body = f"grant_type=authorization_code&redirect_uri={CALLBACK}"
+    code_script = lua_script(scripts / f"code-{engine}.lua", code_body, auth, False,
+                             scripts / f"codes-{engine}.txt", "code")
+    refresh_script = lua_script(scripts / f"refresh-{engine}.lua", "grant_type=refresh_token",
+                                auth, False, scripts / f"refresh-{engine}.txt", "refresh_token")
+    return {
+        "authorization_code": run_wrk(server.url, code_script, short, args.connections,
+                                      server.process),
+        "refresh_token": run_wrk(server.url, refresh_script, short, args.connections,
+                                 server.process),
+    }
 
 
 def main() -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per server and mode (median and best kept)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--engines", default="granian,gunicorn",
+                        help="bridge server engines to measure, comma-separated")
     parser.add_argument("--json", type=Path, default=None, help="also write figures here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk")
     run_dir = WORK / "oidc"
     scripts = run_dir / "scripts"
-    port = free_port()
-    config_path, secret = prepare_bridge(run_dir / "bridge", port)
-    scripts.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    scripts.mkdir(parents=True)
     results: dict[str, object] = {"cpu": os.cpu_count(), "duration_s": args.duration,
-                                  "connections": args.connections}
-    seeded = 25000
-    codes, refresh_tokens = seed_codes_and_refresh_tokens(config_path, seeded)
-    (scripts / "codes.txt").write_text("\n".join(codes) + "\n")
-    (scripts / "refresh.txt").write_text("\n".join(refresh_tokens) + "\n")
-    bridge = start_bridge(config_path, port, run_dir / "bridge.log")
+                                  "rounds": args.rounds, "connections": args.connections,
+                                  "load_average_at_start": os.getloadavg()}
+    servers: list[Target] = []
     try:
-        token_url = f"http://127.0.0.1:{port}/oauth2/token"
-        results["bridge_client_credentials"] = measure_client_credentials(
-            "bridge", token_url, port, "/oauth2/token", secret, args, scripts)
-        auth = base64.b64encode(f"{CLIENT_ID}:{secret}".encode()).decode()
-        # Each code and refresh token is single-use: at most `seeded` requests per run.
-        short = max(2, min(args.duration, 5))
-        code_body = f"grant_type=authorization_code&redirect_uri={CALLBACK}"
-        code_script = lua_script(scripts / "code.lua", code_body, auth, False,
-                                 scripts / "codes.txt", "code")
-        results["bridge_authorization_code"] = run_wrk(token_url, code_script, short,
-                                                       args.connections)
-        refresh_script = lua_script(scripts / "refresh.lua", "grant_type=refresh_token", auth,
-                                    False, scripts / "refresh.txt", "refresh_token")
-        results["bridge_refresh_token"] = run_wrk(token_url, refresh_script, short,
-                                                  args.connections)
+        for engine in args.engines.split(","):
+            servers.append(start_bridge_target(engine, run_dir, scripts)[0])
+        if not args.no_peer:
+            peer_port = free_port()
+            peer_secret = secrets.token_urlsafe(32)
+            peer = start_peer(peer_port, peer_secret, run_dir / "peer.log")
+            servers.append(target("oidc_provider", peer, peer_port, "/token", peer_secret,
+                                  scripts))
+        for name, figures in measure_client_credentials(servers, args).items():
+            results[name] = {"client_credentials": figures}
+        for server in servers:
+            if server.name.startswith("bridge_"):
+                engine = server.name.removeprefix("bridge_")
+                results[server.name].update(  # type: ignore[union-attr]
+                    measure_code_and_refresh(server, engine, args, scripts))
     finally:
-        stop(bridge)
-    if not args.no_peer:
-        peer_port = free_port()
-        peer = start_peer(peer_port, secret, run_dir / "peer.log")
-        try:
-            results["oidc_provider_client_credentials"] = measure_client_credentials(
-                "peer", f"http://127.0.0.1:{peer_port}/token", peer_port, "/token", secret,
-                args, scripts)
-        finally:
-            stop(peer)
+        for server in servers:
+            stop(server.process)
+    results["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -9,6 +9,7 @@ code or refresh token leaves a marker behind: presenting it again revokes the wh
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ GRANT_KIND = "oidc-grant"
 REFRESH_KIND = "oidc-refresh"
 REFRESH_USED_KIND = "oidc-refresh-used"
 ASSERTION_JTI_KIND = "oidc-assertion-jti"
+# Where a consumed one-time value leaves its marker.
+USED_KIND = {CODE_KIND: CODE_USED_KIND, REFRESH_KIND: REFRESH_USED_KIND}
 ACCESS_TOKEN_TYPE_URI = "urn:ietf:params:oauth:token-type:access_token"
 USER_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -66,6 +69,64 @@ class GrantUser:
     def get_user_id(self) -> str:
         """The `sub` of tokens about this user."""
         return self.subject
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, Any], identity: dict[str, Any] | None = None
+    ) -> GrantUser:
+        """The user kept in a code or grant record (with a fresher identity, if given)."""
+        return cls(
+            identity=record["identity"] if identity is None else identity,
+            subject=record["subject"],
+            grant_id=record["grant_id"],
+            auth_time=record.get("auth_time"),
+            acr=record.get("acr"),
+            amr=tuple(record.get("amr") or ()),
+            sid=record.get("sid"),
+            nonce=record.get("nonce"),
+            grant_scope=record["scope"],
+        )
+
+    def record_fields(self) -> dict[str, Any]:
+        """What code and grant records keep about the user and the sign-in."""
+        return {
+            "identity": self.identity,
+            "subject": self.subject,
+            "grant_id": self.grant_id,
+            "auth_time": self.auth_time,
+            "acr": self.acr,
+            "amr": list(self.amr),
+            "sid": self.sid,
+        }
+
+
+def take_once(
+    provider: OidcProvider,
+    kind: str,
+    value: Any,
+    *,
+    reused: str,
+    marker_seconds: Callable[[dict[str, Any]], float],
+) -> dict[str, Any] | None:
+    """Take a one-time code or refresh token; presenting a taken one again revokes its grant.
+
+    The record is consumed atomically (one winner across every worker and node) and leaves a
+    marker under the same digest for `marker_seconds(record)`, which is what recognises a
+    second presentation (RFC 6749 section 4.1.2, RFC 9700 section 4.14).
+    Returns the record, or None.
+    """
+    if not isinstance(value, str) or not value or len(value) > 256:
+        return None
+    key = digest(value)
+    used_kind = USED_KIND[kind]
+    record = provider.store.take(kind, key)
+    if record is None:
+        used = provider.store.get(used_kind, key)
+        if used is not None:
+            provider.revoke_grant(used["grant_id"], reason=reused)
+        return None
+    provider.store.put(used_kind, key, {"grant_id": record["grant_id"]}, marker_seconds(record))
+    return record
 
 
 @dataclass
@@ -143,32 +204,18 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             "nonce": data.get("nonce"),
             "code_challenge": data.get("code_challenge"),
             "code_challenge_method": data.get("code_challenge_method"),
-            "identity": user.identity,
-            "subject": user.subject,
-            "grant_id": user.grant_id,
-            "auth_time": user.auth_time,
-            "acr": user.acr,
-            "amr": list(user.amr),
-            "sid": user.sid,
+            **user.record_fields(),
         }
         provider.store.put(CODE_KIND, digest(code), record, provider.settings.code_seconds)
 
     def query_authorization_code(self, code: str, client: OidcClient) -> StoredCode | None:
         """Take the code atomically; a second presentation revokes what the first one got."""
         provider = provider_of(self)
-        if not isinstance(code, str) or not code or len(code) > 256:
-            return None
-        key = digest(code)
-        record = provider.store.take(CODE_KIND, key)
-        if record is None:
-            used = provider.store.get(CODE_USED_KIND, key)
-            if used is not None:
-                provider.revoke_grant(used["grant_id"], reason="authorization code reused")
-            return None
-        provider.store.put(
-            CODE_USED_KIND, key, {"grant_id": record["grant_id"]}, provider.used_marker_seconds
+        record = take_once(
+            provider, CODE_KIND, code, reused="authorization code reused",
+            marker_seconds=lambda _record: provider.used_marker_seconds,
         )
-        if record["client_id"] != client.get_client_id():
+        if record is None or record["client_id"] != client.get_client_id():
             return None
         return StoredCode(record)
 
@@ -177,18 +224,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: StoredCode) -> GrantUser | None:
         """The user the code was issued for."""
-        record = authorization_code.record
-        return GrantUser(
-            identity=record["identity"],
-            subject=record["subject"],
-            grant_id=record["grant_id"],
-            auth_time=record.get("auth_time"),
-            acr=record.get("acr"),
-            amr=tuple(record.get("amr") or ()),
-            sid=record.get("sid"),
-            nonce=record.get("nonce"),
-            grant_scope=record["scope"],
-        )
+        return GrantUser.from_record(authorization_code.record)
 
     @staticmethod
     def validate_authorization_redirect_uri(request: Any, client: OidcClient) -> str:
@@ -266,21 +302,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     def authenticate_refresh_token(self, refresh_token: str) -> StoredRefreshToken | None:
         """Take the refresh token atomically; a rotated one coming back revokes its grant."""
         provider = provider_of(self)
-        if not isinstance(refresh_token, str) or not refresh_token or len(refresh_token) > 256:
-            return None
-        key = digest(refresh_token)
-        record = provider.store.take(REFRESH_KIND, key)
-        if record is None:
-            used = provider.store.get(REFRESH_USED_KIND, key)
-            if used is not None:
-                provider.revoke_grant(used["grant_id"], reason="refresh token reused")
-            return None
-        provider.store.put(
-            REFRESH_USED_KIND,
-            key,
-            {"grant_id": record["grant_id"]},
-            provider.refresh_seconds_for(record["client_id"]),
+        record = take_once(
+            provider, REFRESH_KIND, refresh_token, reused="refresh token reused",
+            marker_seconds=lambda taken: provider.refresh_seconds_for(taken["client_id"]),
         )
+        if record is None:
+            return None
         grant = provider.store.get(GRANT_KIND, record["grant_id"])
         if grant is None:
             return None

@@ -7,18 +7,18 @@ minting RFC 9068 access tokens and ID tokens, persisting grants, and revoking th
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InvalidScopeError, OAuth2Request
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload, OAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Response
@@ -38,6 +38,7 @@ from bridge.frontends.oidc.tokens import (
     TokenInvalid,
     TokenSigner,
     VerifiedToken,
+    compact_json,
     digest,
     half_hash,
     new_jti,
@@ -67,6 +68,37 @@ ENDPOINT_PATHS = {
 }
 
 
+# What Authlib's grants fill in while they handle a request.
+_UNSET_REQUEST_ATTRIBUTES = ("client", "auth_method", "user", "authorization_code",
+                             "refresh_token", "credential", "_scope")
+
+
+def _init_request(
+    request: OAuth2Request, method: str, uri: str, headers: Any, payload: OAuth2Payload
+) -> None:
+    """The attributes OAuth2Request.__init__ sets, without its https check on the URI."""
+    request.method = method
+    request.uri = uri
+    request.headers = headers
+    request._body = None
+    request.payload = payload
+    for name in _UNSET_REQUEST_ATTRIBUTES:
+        setattr(request, name, None)
+
+
+class FlaskPayload(FlaskOAuth2Payload):
+    """Authlib's view of the request parameters, merged once per request.
+
+    Authlib reads `payload.data` several times per token request; each read through Flask's
+    `request.values` costs a descriptor call, so the merged parameters are kept.
+    """
+
+    @cached_property
+    def data(self) -> Any:  # type: ignore[override]
+        """Query and form parameters together (werkzeug's `request.values`)."""
+        return self._request.values
+
+
 class BridgeFlaskRequest(FlaskOAuth2Request):
     """Flask's request for Authlib, without Authlib's https check.
 
@@ -75,18 +107,8 @@ class BridgeFlaskRequest(FlaskOAuth2Request):
     """
 
     def __init__(self, request: Any):
-        self.method = request.method
-        self.uri = request.path  # building the full URL is costly and nothing here reads it
-        self.headers = request.headers
-        self._body = None
-        self.payload = FlaskOAuth2Payload(request)
-        self.client = None
-        self.auth_method = None
-        self.user = None
-        self.authorization_code = None
-        self.refresh_token = None
-        self.credential = None
-        self._scope = None
+        # The URI is the path only: building the full URL is costly and nothing here reads it.
+        _init_request(self, request.method, request.path, request.headers, FlaskPayload(request))
         self._request = request
 
 
@@ -94,18 +116,7 @@ class StoredAuthorizationRequest(OAuth2Request):
     """An authorization request rebuilt from the parameters kept in a LoginRequest."""
 
     def __init__(self, uri: str, params: dict[str, str]):
-        self.method = "GET"
-        self.uri = uri
-        self.headers = {}
-        self._body = None
-        self.client = None
-        self.auth_method = None
-        self.user = None
-        self.authorization_code = None
-        self.refresh_token = None
-        self.credential = None
-        self._scope = None
-        self.payload = BasicOAuth2Payload(params)
+        _init_request(self, "GET", uri, {}, BasicOAuth2Payload(params))
 
     @property
     def args(self) -> dict[str, str]:
@@ -137,12 +148,13 @@ class BridgeAuthorizationServer(AuthorizationServer):
         """Use a rebuilt request as it is; otherwise wrap Flask's."""
         if isinstance(request, OAuth2Request):
             return request
-        return BridgeFlaskRequest(flask_request)
+        # The request object itself, not Flask's proxy: Authlib reads it a dozen times.
+        return BridgeFlaskRequest(flask_request._get_current_object())  # type: ignore[attr-defined]
 
     def handle_response(self, status_code: int, payload: Any, headers: Any) -> Response:
         """JSON bodies with compact separators; headers as given."""
         if isinstance(payload, dict):
-            payload = json.dumps(payload, separators=(",", ":"))
+            payload = compact_json(payload)
         return Response(payload, status=status_code, headers=headers)
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
@@ -347,15 +359,9 @@ class OidcProvider:
         record = {
             "client_id": request.client.client_id,
             "party_id": party.id,
-            "subject": user.subject,
-            "identity": user.identity,
             "scope": user.grant_scope or token.get("scope", ""),
-            "auth_time": user.auth_time,
-            "acr": user.acr,
-            "amr": list(user.amr),
-            "sid": user.sid,
             "refresh": digest(refresh) if refresh else None,
-            "grant_id": user.grant_id,
+            **user.record_fields(),
         }
         self.store.put(GRANT_KIND, user.grant_id, record, ttl)
         if refresh:
@@ -536,16 +542,7 @@ class OidcProvider:
             return None
         if result.subject != grant["subject"]:
             return None
-        return GrantUser(
-            identity=identity.to_record(),
-            subject=grant["subject"],
-            grant_id=grant["grant_id"],
-            auth_time=grant.get("auth_time"),
-            acr=grant.get("acr"),
-            amr=tuple(grant.get("amr") or ()),
-            sid=grant.get("sid"),
-            grant_scope=grant["scope"],
-        )
+        return GrantUser.from_record(grant, identity=identity.to_record())
 
     # -- discovery -----------------------------------------------------------------------------
 

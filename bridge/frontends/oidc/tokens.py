@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
-from joserfc.jws import JWSRegistry
 
 from bridge.keys import KeyRing, SigningKey
 
@@ -28,7 +30,6 @@ USE_FOR_ALG = {"ES256": "jwt-es256", "RS256": "jwt-rs256"}
 # Headers that would make a verifier fetch or trust key material named by the token itself.
 FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 MAX_TOKEN_LENGTH = 16 * 1024
-JWS_ALGORITHMS = {name: JWSRegistry.algorithms[name] for name in USE_FOR_ALG}
 
 
 class TokenInvalid(Exception):
@@ -57,7 +58,7 @@ class TokenSigner:
         self.issuer = issuer
         self.clock = clock
         self._jose_keys: dict[str, ECKey | RSAKey] = {}
-        self._headers: dict[tuple[str, str], bytes] = {}
+        self._signers: dict[tuple[str, str], tuple[bytes, Callable[[bytes], bytes]]] = {}
 
     def _jose_key(self, key: SigningKey) -> ECKey | RSAKey:
         # Importing a key costs more than signing with it: do it once per kid.
@@ -71,18 +72,12 @@ class TokenSigner:
     def sign(self, claims: Mapping[str, Any], alg: str, typ: str = "JWT") -> str:
         """Sign claims with the current key for alg (ES256 or RS256), as a compact JWS."""
         key = self.keys.current(USE_FOR_ALG[alg])
-        # The header of a given key and type never changes: encode it once. The signature
-        # itself is joserfc's algorithm (ES256 raw r||s, RS256 PKCS#1 v1.5).
-        cache_key = (key.kid, typ)
-        encoded_header = self._headers.get(cache_key)
-        if encoded_header is None:
-            header = {"alg": alg, "typ": typ, "kid": key.kid}
-            encoded_header = _b64(json.dumps(header, separators=(",", ":")).encode())
-            self._headers[cache_key] = encoded_header
-        payload = _b64(json.dumps(dict(claims), separators=(",", ":")).encode())
-        signing_input = encoded_header + b"." + payload
-        signature = JWS_ALGORITHMS[alg].sign(signing_input, self._jose_key(key))
-        return (signing_input + b"." + _b64(signature)).decode("ascii")
+        signer = self._signers.get((key.kid, typ))
+        if signer is None:
+            signer = self._signers[(key.kid, typ)] = _compact_signer(key, alg, typ)
+        encoded_header, signature_of = signer
+        signing_input = encoded_header + b"." + _b64(_COMPACT.encode(dict(claims)).encode())
+        return (signing_input + b"." + _b64(signature_of(signing_input))).decode("ascii")
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         """The public JWK Set: current, next and recently retired keys of both algorithms."""
@@ -131,6 +126,40 @@ class TokenSigner:
         return VerifiedToken(dict(decoded.header), dict(claims))
 
 
+def _compact_signer(key: SigningKey, alg: str, typ: str) -> tuple[bytes, Callable[[bytes], bytes]]:
+    """The encoded JWS header for this key and type, and the function that signs with it.
+
+    Both are fixed per key: the header is encoded once, and the signature is the
+    `cryptography` call joserfc's ES256 / RS256 algorithms make (RFC 7518 section 3.4: ES256 is
+    the 32-byte r and s, not DER), without re-checking the key's allowed operations each time.
+    Tokens are verified with joserfc (and by the tests with PyJWT).
+    """
+    if key.algorithm != alg:
+        raise ValueError(f"key {key.kid} is {key.algorithm}, not {alg}")
+    header = {"alg": alg, "typ": typ, "kid": key.kid}
+    encoded_header = _b64(_COMPACT.encode(header).encode())
+    private = key.private_key
+    if alg == "ES256":
+        if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != "secp256r1":
+            raise ValueError(f"key {key.kid} is not a P-256 key")
+
+        def es256(data: bytes) -> bytes:
+            r, s = decode_dss_signature(private.sign(data, _ECDSA_SHA256))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+        return encoded_header, es256
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ValueError(f"key {key.kid} is not an RSA key")
+
+    def rs256(data: bytes) -> bytes:
+        return private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+    return encoded_header, rs256
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -150,6 +179,10 @@ def iso_now(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), UTC).isoformat(timespec="seconds")
 
 
+# One encoder for every token and response (json.dumps builds one per call for separators).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def compact_json(value: Any) -> str:
     """JSON without spaces (token responses are on the hot path)."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
