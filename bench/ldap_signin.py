@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
 import re
 import ssl
 import subprocess
@@ -39,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import requests  # noqa: E402
 from ldap3 import NONE, SIMPLE, Connection, Server, Tls  # noqa: E402
 
+from bench.process_cpu import group_cpu  # noqa: E402
 from tests.ldap.conftest import (  # noqa: E402
     ad_source,
     live_bridge,
@@ -74,22 +74,6 @@ def run_for(seconds: float, threads: int, action: Callable[[int], None]) -> list
     if errors:
         raise errors[0]
     return [x for per in latencies for x in per]
-
-
-def group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def report(label: str, latencies: list[float], seconds: float) -> float:

@@ -18,9 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, browser_client, free_port, sign_in, stop, wait_until_up
-
-CHROMIUM = "/usr/bin/chromium"
+from tests.support import (
+    REPO,
+    browser_client,
+    free_port,
+    launch_chromium,
+    sign_in,
+    stop,
+    wait_until_up,
+)
 
 
 @dataclass
@@ -104,11 +110,7 @@ def test_quickstart_sign_in_with_chromium(quickstart: QuickStart, tmp_path: Path
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.goto(quickstart.url)

@@ -36,6 +36,7 @@ from tests.support import (
     LiveBridge,
     browser_client,
     form_fields,
+    launch_chromium,
     live_bridge,
     prepare,
     run_cli,
@@ -43,7 +44,6 @@ from tests.support import (
     write_config,
 )
 
-CHROMIUM = "/usr/bin/chromium"
 TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
 RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
@@ -430,11 +430,7 @@ def test_chromium_signs_in_and_out_through_mellon(mellon: MellonEnv, tmp_path: P
 
     sp = mellon.sp
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page()
             page.goto(sp.protected_url)
