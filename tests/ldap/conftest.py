@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,9 @@ def samba(ldap_root: Path, test_ca: TestCA) -> Iterator[SambaDC]:
         dc.stop()
 
 
-@pytest.fixture(scope="session")
-def slapd(ldap_root: Path, test_ca: TestCA) -> Iterator[Slapd]:
-    """An OpenLDAP slapd, seeded once per session."""
-    server = Slapd(ldap_root / "slapd", test_ca)
+@contextmanager
+def running(server: Slapd) -> Iterator[Slapd]:
+    """Configure, start and seed a slapd; stop it afterwards."""
     server.configure()
     server.start()
     server.seed()
@@ -62,6 +62,13 @@ def slapd(ldap_root: Path, test_ca: TestCA) -> Iterator[Slapd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd(ldap_root: Path, test_ca: TestCA) -> Iterator[Slapd]:
+    """An OpenLDAP slapd, seeded once per session."""
+    with running(Slapd(ldap_root / "slapd", test_ca)) as server:
+        yield server
 
 
 def ad_source(dc: SambaDC, ca_file: Path, **overrides: Any) -> dict[str, Any]:

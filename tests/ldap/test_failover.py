@@ -18,6 +18,7 @@ from tests.ldap.conftest import (
     error_text,
     ldapsearch,
     openldap_source,
+    running,
     write_ldap_config,
 )
 from tests.ldap.directories import SAMBA_BASE, SambaDC, Slapd, TestCA, free_port
@@ -33,13 +34,8 @@ def spare(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd,
     """A second slapd holding the same users and passwords as the session's one."""
     server = Slapd(tmp_path_factory.mktemp("spare"), test_ca, users=slapd.users,
                    service_password=slapd.service_password)
-    server.configure()
-    server.start()
-    server.seed()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 def _sign_in(live: LiveBridge, username: str, password: str) -> requests.Response:
