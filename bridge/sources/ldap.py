@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ldap3 import BASE, LEVEL, MODIFY_ADD, MODIFY_DELETE, SIMPLE, SUBTREE, Connection
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPExceptionError
@@ -54,6 +54,8 @@ BINARY_ATTRIBUTES = frozenset(
      "thumbnailphoto", "usercertificate", "msexchmailboxguid"}
 )
 GUID_ATTRIBUTES = frozenset({"objectguid", "ms-ds-consistencyguid"})
+K = TypeVar("K")
+V = TypeVar("V")
 WRONG_CREDENTIALS = "The username or current password is incorrect."
 
 
@@ -96,27 +98,34 @@ class UserEntry:
     values: dict[str, list[bytes]]
 
 
-class _TtlCache:
-    """A small thread-safe map whose entries expire (SID -> group, shared by sign-ins)."""
+class _TtlCache(Generic[K, V]):
+    """A small thread-safe map whose entries expire (group facts shared by sign-ins)."""
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
-        self._items: dict[bytes, tuple[float, tuple[str, str] | None]] = {}
+        self._items: dict[K, tuple[float, V]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: bytes) -> tuple[bool, tuple[str, str] | None]:
+    def get(self, key: K) -> tuple[bool, V | None]:
+        """(True, value) while an entry is fresh, else (False, None)."""
         with self._lock:
             item = self._items.get(key)
         if item is None or item[0] < self.clock():
             return False, None
         return True, item[1]
 
-    def put(self, key: bytes, value: tuple[str, str] | None) -> None:
+    def put(self, key: K, value: V) -> None:
+        """Remember a value for ttl seconds (the map is emptied past 50,000 entries)."""
         with self._lock:
             if len(self._items) > 50_000:
                 self._items.clear()
             self._items[key] = (self.clock() + self.ttl, value)
+
+
+# A group as (name, DN); a group's facts as (name, DN, the DNs of the groups holding it).
+Group = tuple[str, str]
+GroupFacts = tuple[str, str, tuple[str, ...]]
 
 
 class LdapSource:
@@ -133,7 +142,12 @@ class LdapSource:
         self.display_name = config.display_name
         self.clock = clock
         self.pool = pool or ConnectionPool(config)
-        self._groups = _TtlCache(config.group_search.cache_seconds)
+        cache_seconds = config.group_search.cache_seconds
+        # What a group is called and which groups hold it changes rarely and is the same for
+        # every member: kept for cache_seconds, so a sign-in reads only the user's own groups.
+        self._groups: _TtlCache[bytes, Group | None] = _TtlCache(cache_seconds)
+        self._parents: _TtlCache[str, tuple[Group, ...]] = _TtlCache(cache_seconds)
+        self._group_facts: _TtlCache[str, GroupFacts | None] = _TtlCache(cache_seconds)
         self.is_ad = config.directory == "active_directory"
 
     # Finding users.
@@ -384,8 +398,8 @@ class LdapSource:
     def _group_base(self) -> str:
         return self.config.group_search.base_dn or self.config.user_search.base_dn
 
-    def _resolve_sids(self, sids: list[bytes]) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+    def _resolve_sids(self, sids: list[bytes]) -> list[Group]:
+        found: list[Group] = []
         missing: list[bytes] = []
         for sid in sids:
             known, value = self._groups.get(sid)
@@ -404,7 +418,7 @@ class LdapSource:
                 )
 
             _, entries = self.pool.run("service", op)
-            resolved: dict[bytes, tuple[str, str]] = {}
+            resolved: dict[bytes, Group] = {}
             for group in entries:
                 sid = (group.values.get("objectsid") or [b""])[0]
                 name = _first(group.values, name_attribute) or group.dn
@@ -416,54 +430,83 @@ class LdapSource:
                     found.append(resolved[sid])
         return found
 
-    def _search_groups(self, user_dn: str) -> list[tuple[str, str]]:
+    def _with_ancestors(
+        self, direct: Iterable[Group], parents_of: Callable[[str], Iterable[Group]]
+    ) -> list[Group]:
+        """The user's own groups and, when nested, the groups holding them (max_depth levels)."""
         groups = self.config.group_search
-        found: dict[str, str] = {}
-        frontier = [user_dn]
-        for _ in range(groups.max_depth if groups.nested else 1):
-            members = "".join(
-                f"({groups.member_attribute}={escape_filter_value(dn)})" for dn in frontier
-            )
-            flt = f"(&{groups.filter}(|{members}))"
-
-            def op(connection: Connection, flt: str = flt) -> tuple[int, list[UserEntry]]:
-                return self._search(
-                    connection, self._group_base(), flt, SUBTREE, [groups.name_attribute]
-                )
-
-            _, entries = self.pool.run("service", op)
-            frontier = [g.dn for g in entries if g.dn.lower() not in found]
-            for group in entries:
-                found.setdefault(group.dn.lower(), _first(group.values, groups.name_attribute)
-                                 or group.dn)
-            if not frontier:
-                break
-        return [(name, dn) for dn, name in found.items()]
-
-    def _member_of(self, entry: UserEntry) -> list[tuple[str, str]]:
-        groups = self.config.group_search
-        found: dict[str, tuple[str, str]] = {}
-        frontier = _text(entry.values.get("memberof"))
-        depth = 0
-        while frontier and depth < (groups.max_depth if groups.nested else 1):
-            depth += 1
+        found: dict[str, Group] = {}
+        frontier: list[str] = []
+        for name, dn in direct:
+            if dn.lower() not in found:
+                found[dn.lower()] = (name, dn)
+                frontier.append(dn)
+        for _ in range(1, groups.max_depth if groups.nested else 1):
             next_frontier: list[str] = []
             for dn in frontier:
-                if dn.lower() in found:
-                    continue
-
-                def op(connection: Connection, dn: str = dn) -> tuple[int, list[UserEntry]]:
-                    return self._search(connection, dn, "(objectClass=*)", BASE,
-                                        [groups.name_attribute, "memberOf"])
-
-                _, entries = self.pool.run("service", op)
-                if not entries:
-                    continue
-                group = entries[0]
-                found[dn.lower()] = (_first(group.values, groups.name_attribute) or dn, group.dn)
-                next_frontier += _text(group.values.get("memberof"))
+                for name, parent in parents_of(dn):
+                    if parent.lower() not in found:
+                        found[parent.lower()] = (name, parent)
+                        next_frontier.append(parent)
+            if not next_frontier:
+                break
             frontier = next_frontier
         return list(found.values())
+
+    def _groups_holding(self, member_dn: str) -> list[Group]:
+        """Groups whose member attribute holds this DN: one subtree search."""
+        groups = self.config.group_search
+        flt = f"(&{groups.filter}({groups.member_attribute}={escape_filter_value(member_dn)}))"
+
+        def op(connection: Connection) -> tuple[int, list[UserEntry]]:
+            return self._search(
+                connection, self._group_base(), flt, SUBTREE, [groups.name_attribute]
+            )
+
+        _, entries = self.pool.run("service", op)
+        return [(_first(g.values, groups.name_attribute) or g.dn, g.dn) for g in entries]
+
+    def _cached_groups_holding(self, group_dn: str) -> tuple[Group, ...]:
+        known, parents = self._parents.get(group_dn.lower())
+        if not known or parents is None:
+            parents = tuple(self._groups_holding(group_dn))
+            self._parents.put(group_dn.lower(), parents)
+        return parents
+
+    def _search_groups(self, user_dn: str) -> list[Group]:
+        return self._with_ancestors(self._groups_holding(user_dn), self._cached_groups_holding)
+
+    def _facts(self, group_dn: str) -> GroupFacts | None:
+        """A group's name and memberOf, from a base search (cached)."""
+        known, facts = self._group_facts.get(group_dn.lower())
+        if known:
+            return facts
+        name_attribute = self.config.group_search.name_attribute
+
+        def op(connection: Connection) -> tuple[int, list[UserEntry]]:
+            return self._search(connection, group_dn, "(objectClass=*)", BASE,
+                                [name_attribute, "memberOf"])
+
+        _, entries = self.pool.run("service", op)
+        facts = None
+        if entries:
+            group = entries[0]
+            facts = (_first(group.values, name_attribute) or group.dn, group.dn,
+                     tuple(_text(group.values.get("memberof"))))
+        self._group_facts.put(group_dn.lower(), facts)
+        return facts
+
+    def _groups_named(self, dns: Iterable[str]) -> list[Group]:
+        return [(facts[0], facts[1]) for facts in map(self._facts, dns) if facts is not None]
+
+    def _member_of(self, entry: UserEntry) -> list[Group]:
+        def parents_of(dn: str) -> list[Group]:
+            facts = self._facts(dn)
+            return self._groups_named(facts[2]) if facts else []
+
+        return self._with_ancestors(
+            self._groups_named(_text(entry.values.get("memberof"))), parents_of
+        )
 
     # Refresh, lookup, password change, health.
 

@@ -172,6 +172,36 @@ def test_member_of_mode_walks_nested_groups(slapd: Slapd, test_ca: TestCA) -> No
     assert result.identity.groups == ("all-staff", "engineering", "staff")
 
 
+@pytest.mark.parametrize(("mode", "requests_after_warm_up"), [
+    ("search", ["user search", "groups holding the user"]),
+    ("member_of", ["user search"]),
+])
+def test_group_nesting_is_cached_but_the_users_own_groups_are_read_each_time(
+    mode: str, requests_after_warm_up: list[str], slapd: Slapd, test_ca: TestCA
+) -> None:
+    raw = openldap_source(slapd, test_ca.ca_file)
+    raw["group_search"] = {**raw["group_search"], "mode": mode}
+    source = _source(raw, slapd.service_password)
+    searches: list[str] = []
+    run = source.pool.run
+
+    def counting(kind: str, operation: Any) -> Any:
+        if kind == "service":
+            searches.append(kind)
+        return run(kind, operation)
+
+    source.pool.run = counting  # type: ignore[method-assign]
+    password = slapd.users["alice"].password
+    first = source.authenticate("alice", password).identity
+    cold = len(searches)
+    searches.clear()
+    second = source.authenticate("alice", password).identity
+    assert first is not None and second is not None
+    assert first.groups == second.groups == ("all-staff", "engineering", "staff")
+    assert len(searches) == len(requests_after_warm_up) < cold
+    source.close()
+
+
 def test_refresh_rereads_groups_and_state(samba: SambaDC, test_ca: TestCA) -> None:
     source = _source(ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password)
     identity = source.authenticate("bob", samba.users["bob"].password).identity
