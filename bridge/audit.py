@@ -18,7 +18,9 @@ def printable(value: str | None, limit: int = MAX_FIELD_LENGTH) -> str | None:
     """Make user-supplied text safe to store and show: no control characters, bounded length."""
     if value is None:
         return None
-    cleaned = "".join(c if c.isprintable() else "\ufffd" for c in value)
+    cleaned = value if value.isprintable() else "".join(
+        c if c.isprintable() else "\ufffd" for c in value
+    )
     if len(cleaned) > limit:
         return cleaned[:limit] + f"...[{len(value)} chars]"
     return cleaned

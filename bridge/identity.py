@@ -45,14 +45,20 @@ class Identity:
 
     def to_record(self) -> dict[str, Any]:
         """Serialise to a JSON-safe dict for the store."""
-        record = dataclasses.asdict(self)
+        # Field by field rather than dataclasses.asdict, which deep-copies every value: this
+        # runs at each sign-in and session save.
+        record: dict[str, Any] = {name: getattr(self, name) for name in _PLAIN_FIELDS}
         record["groups"] = list(self.groups)
         record["group_dns"] = list(self.group_dns)
         record["attributes"] = {k: list(v) for k, v in self.attributes.items()}
-        if self.authentication is not None:
-            auth = record["authentication"]
-            auth["time"] = self.authentication.time.isoformat()
-            auth["amr"] = list(self.authentication.amr)
+        auth = self.authentication
+        record["authentication"] = None if auth is None else {
+            "source": auth.source,
+            "method": auth.method,
+            "time": auth.time.isoformat(),
+            "context_class": auth.context_class,
+            "amr": list(auth.amr),
+        }
         return record
 
     @classmethod
@@ -72,3 +78,10 @@ class Identity:
                 amr=tuple(auth["amr"]),
             )
         return cls(**data)
+
+
+# Identity fields stored as they are (strings or None); the others are converted in to_record.
+_PLAIN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Identity)
+    if f.name not in ("groups", "group_dns", "attributes", "authentication")
+)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from bridge.identity import Identity
+from bridge.identity import Authentication, Identity
 from bridge.sessions import SESSION_KIND, SessionManager
 from bridge.store.sqlite import SQLiteStore
 
@@ -34,6 +35,20 @@ def manager(tmp_path: Path, clock: Clock) -> SessionManager:
 
 
 IDENTITY = Identity(subject="u-1", username="alice", source="local", groups=("staff",))
+
+
+def test_every_identity_field_survives_the_store_record() -> None:
+    full = Identity(
+        subject="u-1", username="alice", source="ad", upn="alice@corp.test",
+        email="alice@corp.test", display_name="Alice", given_name="A", family_name="L",
+        groups=("staff", "R&D"), group_dns=("cn=staff", "cn=r&d"), immutable_id="AAEC",
+        attributes={"employeeID": ("42",), "photo": ("AAE=", "AQI=")},
+        authentication=Authentication(source="ad", amr=("pwd", "mfa")),
+    )
+    record = full.to_record()
+    assert json.loads(json.dumps(record)) == record  # JSON-safe as it is
+    assert Identity.from_record(record) == full
+    assert Identity.from_record(IDENTITY.to_record()) == IDENTITY
 
 
 def test_session_round_trips_identity(manager: SessionManager) -> None:
