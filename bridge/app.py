@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -46,6 +48,25 @@ def build_sources(config: BridgeConfig, store: Store) -> list[PasswordSource]:
     return sources
 
 
+class BridgeFlask(Flask):
+    """Flask, remembering whether each view and hook is a coroutine function."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._sync_callables: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Flask's ensure_sync, asked once per function instead of on every request."""
+        # Flask runs inspect.iscoroutinefunction on every hook and view of every request; the
+        # answer never changes for a function. Bounded, in case callables are made per request.
+        wrapped = self._sync_callables.get(func)
+        if wrapped is None:
+            wrapped = super().ensure_sync(func)
+            if len(self._sync_callables) < 4096:
+                self._sync_callables[func] = wrapped
+        return wrapped
+
+
 def create_app(
     config: BridgeConfig | None = None,
     *,
@@ -55,7 +76,7 @@ def create_app(
     """Build the bridge's Flask app from a validated config (loaded from disk if not given)."""
     config = config or load_config(config_path)
     observability.configure_logging(config.logging.level, config.logging.format)
-    app = Flask(__name__)
+    app = BridgeFlask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=config.server.max_request_bytes,
         MAX_FORM_MEMORY_SIZE=config.server.max_request_bytes,
