@@ -90,6 +90,12 @@ def test_response_shape_and_algorithms(saml_env: SamlEnv) -> None:
         "Issuer", "Signature", "Subject", "Conditions", "AuthnStatement", "AttributeStatement",
     ]
     assert response.find("ds:Signature", NS) is None  # this SP asked for assertions only
+    # KeyInfo carries the current signing certificate, the first one the metadata publishes.
+    metadata = etree.fromstring(saml_env.idp_metadata.encode())
+    published = metadata.findall(".//{urn:oasis:names:tc:SAML:2.0:metadata}KeyDescriptor"
+                                 "[@use='signing']//ds:X509Certificate", NS)
+    sent = assertion.findall("ds:Signature/ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS)
+    assert [c.text for c in sent] == [published[0].text.strip()]
     algorithms = {e.get("Algorithm") for e in assertion.iter() if e.get("Algorithm")}
     assert algorithms == {
         "http://www.w3.org/2001/10/xml-exc-c14n#",

