@@ -17,9 +17,13 @@ first Issuer found in its input, which costs a third of the time per response (d
 from __future__ import annotations
 
 import base64
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import xmlsec
 from lxml import etree
@@ -44,6 +48,7 @@ SHA512 = "http://www.w3.org/2001/04/xmlenc#sha512"
 STRONG_SIGNATURES = frozenset({RSA_SHA256, RSA_SHA384, RSA_SHA512})
 STRONG_DIGESTS = frozenset({SHA256, SHA384, SHA512})
 ALLOWED_TRANSFORMS = frozenset({ENVELOPED, EXC_C14N})
+T = TypeVar("T")
 
 
 class SignatureError(Exception):
@@ -64,6 +69,57 @@ def pem_certificate(der_b64: str) -> str:
     """A Base64 DER certificate (as kept in relying-party settings) as PEM."""
     lines = [der_b64[i : i + 64] for i in range(0, len(der_b64), 64)]
     return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Where XML IDs are registered
+
+
+class IdRegistrationThread:
+    """Runs the xmlsec steps that register XML IDs on one thread, renewed every N uses.
+
+    xmlsec finds the element a Reference's "#ID" names through the document's ID table, filled
+    by `xmlsec.tree.add_ids`. libxml2 keeps each registered ID value in the document's string
+    dictionary, and lxml gives every document made on a thread that thread's dictionary, which
+    lives as long as the thread: a request thread would keep every message ID it ever signed or
+    verified, about 70 bytes each, for the life of the worker (measured in docs/benchmarks.md).
+    The work is done here, on a copy of the element made on this thread, so those strings go
+    away with the thread when it is renewed.
+    """
+
+    def __init__(self, renew_after: int = 10_000):
+        self.renew_after = renew_after
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._owner_pid = 0
+        self._uses = 0
+
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Call function(*args) on the ID-registering thread and return its result."""
+        with self._lock:
+            # A forked worker inherits the executor but not its thread: start a new one.
+            if self._executor is None or self._uses >= self.renew_after or (
+                self._owner_pid != os.getpid()
+            ):
+                if self._executor is not None and self._owner_pid == os.getpid():
+                    self._executor.shutdown(wait=False)  # queued work still runs, then it ends
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="bridge-xml-ids")
+                self._owner_pid = os.getpid()
+                self._uses = 0
+            self._uses += 1
+            # Submitted under the lock, so nothing is ever handed to an executor shut down.
+            future = self._executor.submit(function, *args)
+        return future.result()
+
+
+id_registration = IdRegistrationThread()
+
+
+def _child(parent: etree._Element, tag: str) -> etree._Element:
+    found = parent.find(f".//{{{DSIG}}}{tag}")
+    if found is None:
+        raise SignatureError(f"ds:{tag} is missing")
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,10 +173,21 @@ class Signer:
         key_info = xmlsec.template.ensure_key_info(signature)
         x509_data = xmlsec.template.add_x509_data(key_info)
         etree.SubElement(x509_data, f"{{{DSIG}}}X509Certificate").text = self._certificate_b64
-        xmlsec.tree.add_ids(element, ["ID"])
+        digest, value = id_registration.run(self._signed_values, element)
+        _child(signature, "DigestValue").text = digest
+        _child(signature, "SignatureValue").text = value
+
+    def _signed_values(self, element: etree._Element) -> tuple[str, str]:
+        """Sign a copy made on this thread; the DigestValue and SignatureValue it got."""
+        copy = deepcopy(element)
+        xmlsec.tree.add_ids(copy, ["ID"])
+        signature = copy.find(f"{{{DSIG}}}Signature")
         context = xmlsec.SignatureContext()
         context.key = self._xmlsec_key()
         context.sign(signature)
+        return _child(signature, "DigestValue").text or "", _child(
+            signature, "SignatureValue"
+        ).text or ""
 
     def sign_query(self, query: str) -> str:
         """Base64 RSA-SHA256 signature of a Redirect-binding query (SAMLRequest=..&SigAlg=..)."""
@@ -193,14 +260,22 @@ def verify_enveloped(
     """Verify root's enveloped signature with one of the peer's registered certificates."""
     if not certificates:
         raise SignatureError("no certificate is registered to verify this peer's signatures")
-    signature = check_signature_profile(root, allow_sha1)
-    xmlsec.tree.add_ids(root, ["ID"])
-    for certificate in certificates:
-        if OneLogin_Saml2_Utils.validate_node_sign(
-            signature, root, pem_certificate(certificate), raise_exceptions=False
-        ):
-            return
-    raise SignatureError("the signature does not verify with the registered certificates")
+    check_signature_profile(root, allow_sha1)
+    if not id_registration.run(_verifies, root, certificates):
+        raise SignatureError("the signature does not verify with the registered certificates")
+
+
+def _verifies(root: etree._Element, certificates: Sequence[str]) -> bool:
+    """Verify a copy of root made on this thread with each certificate in turn."""
+    copy = deepcopy(root)
+    xmlsec.tree.add_ids(copy, ["ID"])
+    signature = copy.find(f"{{{DSIG}}}Signature")
+    return any(
+        OneLogin_Saml2_Utils.validate_node_sign(
+            signature, copy, pem_certificate(certificate), raise_exceptions=False
+        )
+        for certificate in certificates
+    )
 
 
 def verify_query(
