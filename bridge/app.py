@@ -24,6 +24,7 @@ from bridge.observability import Metrics
 from bridge.relying_parties import RelyingPartyRegistry, load_relying_party_files
 from bridge.services import EXTENSION_KEY, Services
 from bridge.sessions import SessionManager
+from bridge.sign_in_protection import SignInProtection
 from bridge.sources import PasswordSource
 from bridge.sources.embedded import EmbeddedDirectory
 from bridge.sources.ldap import LdapSource
@@ -111,6 +112,7 @@ def create_app(
         metrics,
         config.session.login_request_minutes * 60,
         revalidate_seconds=config.session.revalidate_minutes * 60,
+        protection=SignInProtection(store, config.sign_in_protection),
     )
     flow.register(test_app.TestAppFrontend())
     flow.register(saml_frontend.SamlFrontend(secret))

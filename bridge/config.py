@@ -221,6 +221,26 @@ class AuditConfig(Strict):
     retention_days: int = Field(default=180, ge=1, le=3650)
 
 
+class SignInProtectionConfig(Strict):
+    """Smart lockout and password-spraying throttles, applied before any password is checked.
+
+    Failed attempts are counted per username (familiar and unfamiliar client addresses apart)
+    and per client address, in fixed windows. Keep 2 x user_failures below the directory's own
+    lockout threshold, so that no attacker can lock a real account.
+    """
+
+    enabled: bool = True
+    # Failures of one username from addresses it has not signed in from (per window).
+    user_failures: int = Field(default=5, ge=1, le=1000)
+    # Failures of one username from addresses it signed in from before (per window).
+    familiar_user_failures: int = Field(default=5, ge=1, le=1000)
+    # Failures from one client address, whatever the usernames (per window).
+    address_failures: int = Field(default=30, ge=1, le=100_000)
+    window_minutes: int = Field(default=15, ge=1, le=1440)
+    # How long a successful sign-in makes an address familiar for that user.
+    familiar_days: int = Field(default=30, ge=1, le=365)
+
+
 class BridgeConfig(Strict):
     """The whole configuration file."""
 
@@ -232,6 +252,7 @@ class BridgeConfig(Strict):
     test_app: TestAppConfig = TestAppConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    sign_in_protection: SignInProtectionConfig = SignInProtectionConfig()
     saml: SamlIdpConfig = SamlIdpConfig()
     oidc: OidcSettings = OidcSettings()
     secret_key: Secret | None = None

@@ -23,6 +23,7 @@ from bridge.audit import AuditTrail
 from bridge.identity import Authentication
 from bridge.observability import Metrics
 from bridge.sessions import SessionManager, SsoSession
+from bridge.sign_in_protection import ALLOWED, Attempt, SignInProtection, Verdict
 from bridge.sources import (
     AuthResult,
     Outcome,
@@ -34,6 +35,9 @@ from bridge.store import Store
 
 log = logging.getLogger("bridge.login")
 LOGIN_REQUEST_KIND = "login-request"
+# Outcomes that count as a guess: a wrong password, or a name no source knows (counted alike,
+# so that throttling reveals nothing about which accounts exist).
+COUNTED_FAILURES = frozenset({Outcome.INVALID_CREDENTIALS, Outcome.UNKNOWN_USER})
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,12 @@ class LoginFlow:
         metrics: Metrics,
         request_ttl: int,
         revalidate_seconds: int = 0,
+        protection: SignInProtection | None = None,
     ):
         self.store = store
         self.sessions = sessions
         self.sources = list(sources)
+        self.protection = protection
         self.audit = audit
         self.metrics = metrics
         self.request_ttl = request_ttl
@@ -230,7 +236,12 @@ class LoginFlow:
         previous_session_id: str | None,
     ) -> SignInResult:
         """Check credentials against the allowed sources and open a session on success."""
-        result, source = self._authenticate(username, password, login_request)
+        attempt = self.check_attempt(username, client)
+        if attempt.verdict is not Verdict.ALLOWED:
+            result, source = AuthResult(Outcome.THROTTLED), None
+        else:
+            result, source = self._authenticate(username, password, login_request)
+            self.count_attempt(attempt, result.outcome)
         outcome = result.outcome
         self.metrics.sign_ins.labels(outcome=outcome.value, source=source or "none").inc()
         session = None
@@ -250,8 +261,22 @@ class LoginFlow:
             user_agent=client.user_agent,
             request_id=client.request_id,
             relying_party=login_request.relying_party if login_request else None,
+            **({"throttle": attempt.verdict.value} if outcome is Outcome.THROTTLED else {}),
         )
         return SignInResult(outcome, session, source, result.password_expires if session else None)
+
+    def check_attempt(self, username: str, client: Client) -> Attempt:
+        """Ask sign-in protection whether this attempt may check a password now."""
+        return self.protection.check(username, client.ip) if self.protection else ALLOWED
+
+    def count_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Feed sign-in protection: a wrong password or unknown name counts, success clears."""
+        if self.protection is None:
+            return
+        if outcome in COUNTED_FAILURES:
+            self.protection.failed(attempt)
+        elif outcome in PASSWORD_PROVEN:
+            self.protection.succeeded(attempt)
 
     def _authenticate(
         self, username: str, password: str, login_request: LoginRequest | None

@@ -184,6 +184,26 @@ class StoreConformance:
         assert results.count(False) == RACERS - 1
         assert store.get("replay", "assertion-1") == {"by": results.index(True)}
 
+    def test_count_starts_at_one_and_keeps_its_window(
+        self, store: Store, clock: FakeClock
+    ) -> None:
+        assert [store.count("failures", "u1", ttl=60) for _ in range(3)] == [1, 2, 3]
+        assert store.count("failures", "u2", ttl=60) == 1  # keys are independent
+        assert store.get("failures", "u1") == {"count": 3}
+        clock.advance(59)
+        assert store.count("failures", "u1", ttl=60) == 4  # a hit does not extend the window
+        clock.advance(1)
+        assert store.get("failures", "u1") is None
+        assert store.count("failures", "u1", ttl=60) == 1
+        store.delete("failures", "u1")
+        assert store.count("failures", "u1", ttl=60) == 1
+
+    def test_concurrent_counts_lose_nothing(self, store: Store) -> None:
+        results = race(RACERS, lambda _i: [store.count("failures", "u", ttl=60)
+                                           for _ in range(5)])
+        counts = sorted(n for per_thread in results for n in per_thread)
+        assert counts == list(range(1, RACERS * 5 + 1))
+
     def test_delete(self, store: Store) -> None:
         store.put("code", "k1", {"v": 1}, ttl=60)
         store.put("code", "k2", {"v": 2}, ttl=60)

@@ -41,6 +41,9 @@ def write_config(directory: Path, **overrides: Any) -> Path:
         "sources": [{"id": "local", "type": "embedded"}],
         "test_app": {"enabled": True},
         "logging": {"format": "json"},
+        # Tests sign in with wrong passwords on purpose, many times from 127.0.0.1; the
+        # protection's own tests turn it on (tests/test_sign_in_protection.py).
+        "sign_in_protection": {"enabled": False},
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(config.get(section), dict):

@@ -19,6 +19,11 @@ MAX_USERNAME_LENGTH = 256
 MAX_PASSWORD_LENGTH = 1024
 
 
+# The refusal a PasswordChangeSource gives for a wrong username or current password (the
+# change-password page counts it as a failed sign-in).
+WRONG_CREDENTIALS = "The username or current password is incorrect."
+
+
 class Outcome(enum.StrEnum):
     """Why a sign-in attempt ended the way it did (internal; users see a generic message)."""
 
@@ -35,6 +40,8 @@ class Outcome(enum.StrEnum):
     MUST_CHANGE_PASSWORD = "must_change_password"
     LOGON_HOURS = "logon_hours"
     WORKSTATION_RESTRICTED = "workstation_restricted"
+    # Refused by the bridge's sign-in protection before any password was checked.
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True)

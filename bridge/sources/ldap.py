@@ -25,6 +25,7 @@ from ldap3.utils.conv import escape_filter_chars
 from bridge.identity import Identity
 from bridge.sources import (
     MAX_USERNAME_LENGTH,
+    WRONG_CREDENTIALS,
     AuthResult,
     Outcome,
     SourceUnavailable,
@@ -56,7 +57,6 @@ BINARY_ATTRIBUTES = frozenset(
 GUID_ATTRIBUTES = frozenset({"objectguid", "ms-ds-consistencyguid"})
 K = TypeVar("K")
 V = TypeVar("V")
-WRONG_CREDENTIALS = "The username or current password is incorrect."
 
 
 def escape_filter_value(value: str | bytes) -> str:

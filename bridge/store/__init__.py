@@ -62,6 +62,13 @@ class Store(Protocol):
     def add(self, kind: str, key: str, value: Mapping[str, Any], ttl: float) -> bool:
         """Store a record only if no live one exists (replay caches); True if it was added."""
 
+    def count(self, kind: str, key: str, ttl: float) -> int:
+        """Atomically add one to a counter record and return the new count.
+
+        A counter that is absent or expired starts at 1 and lives ttl seconds from then; a live
+        one keeps its expiry (a fixed window). `get` reads it as {"count": n}.
+        """
+
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         """Return a live record, or None if absent or expired."""
 

@@ -166,6 +166,11 @@ _ADD_RECORD = _upsert.on_conflict_do_update(
     set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
     where=_records.c.expires_at <= bindparam("k_now"),
 )
+_GET_COUNTER = select(_records.c.value, _records.c.expires_at).where(
+    _records.c.kind == bindparam("k_kind"),
+    _records.c.key == bindparam("k_key"),
+    _records.c.expires_at > bindparam("k_now"),
+)
 _APPEND_AUDIT = insert(_audit)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -459,6 +464,25 @@ class SQLiteStore:
             if self._purge_due(now):
                 self._purge_records(conn, now)
             return conn.execute(_ADD_RECORD, row).rowcount == 1
+
+    def count(self, kind: str, key: str, ttl: float) -> int:
+        """Atomically add one to a counter record and return the new count (fixed window)."""
+        _check_name("kind", kind)
+        _check_name("key", key)
+        _check_ttl(ttl)
+        now = self._clock()
+        # Read and write under the one write lock (BEGIN IMMEDIATE): no increment is lost,
+        # across threads and processes alike.
+        with self._write() as conn:
+            match = {"k_kind": kind, "k_key": key, "k_now": now}
+            live = conn.execute(_GET_COUNTER, match).one_or_none()
+            count, expires_at = (1, now + ttl) if live is None else (
+                int(json.loads(live.value).get("count", 0)) + 1, live.expires_at
+            )
+            row = {"kind": kind, "key": key, "value": json.dumps({"count": count}),
+                   "expires_at": expires_at}
+            conn.execute(_PUT_RECORD, row)
+        return count
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         """Return a live record, or None if absent or expired."""

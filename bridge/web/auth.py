@@ -21,8 +21,9 @@ MESSAGES = {
     Outcome.LOGON_HOURS: "This account may not sign in at this time of day.",
     Outcome.WORKSTATION_RESTRICTED: "This account may not sign in from here.",
     Outcome.SOURCE_UNAVAILABLE: "Sign-in is temporarily unavailable. Please try again shortly.",
+    Outcome.THROTTLED: "Too many failed sign-ins. Wait a few minutes, then try again.",
 }
-STATUS = {Outcome.SOURCE_UNAVAILABLE: 503}
+STATUS = {Outcome.SOURCE_UNAVAILABLE: 503, Outcome.THROTTLED: 429}
 
 
 def current_session() -> SsoSession | None:
@@ -120,7 +121,9 @@ def login_submit() -> Response:
             username, result.source, result.outcome, request_id
         )
     if result.session is None:
-        shown = result.outcome in PASSWORD_PROVEN or result.outcome is Outcome.SOURCE_UNAVAILABLE
+        # Throttling is shown: it applies to unknown names alike, so it reveals no account.
+        shown = result.outcome in PASSWORD_PROVEN or result.outcome in (
+            Outcome.SOURCE_UNAVAILABLE, Outcome.THROTTLED)
         message = MESSAGES.get(result.outcome, GENERIC_FAILURE) if shown else GENERIC_FAILURE
         status = STATUS.get(result.outcome, 401)
         return _login_page(request_id, message, status, username=username)

@@ -16,9 +16,11 @@ from flask import Blueprint, Response, g, make_response, redirect, render_templa
 
 from bridge.login_flow import Client
 from bridge.services import services
+from bridge.sign_in_protection import Verdict
 from bridge.sources import (
     MAX_PASSWORD_LENGTH,
     MAX_USERNAME_LENGTH,
+    WRONG_CREDENTIALS,
     Outcome,
     PasswordChangeSource,
     SourceUnavailable,
@@ -139,10 +141,17 @@ def change_submit() -> Response:
     source = _source((ticket or {}).get("source"))
     if source is None:
         return again("Passwords cannot be changed here. Contact your administrator.", 400)
+    flow = services().login_flow
+    # The current password is a guess like any sign-in: the same protection applies.
+    attempt = flow.check_attempt(username, client)
+    if attempt.verdict is not Verdict.ALLOWED:
+        return again(auth.MESSAGES[Outcome.THROTTLED], 429)
     try:
         refusal = source.change_password(username, current, new)
     except SourceUnavailable:
         refusal = UNAVAILABLE
+    if refusal == WRONG_CREDENTIALS:
+        flow.count_attempt(attempt, Outcome.INVALID_CREDENTIALS)
     services().audit.record(
         "password-change",
         "success" if refusal is None else "refused",
@@ -156,7 +165,6 @@ def change_submit() -> Response:
         return again(refusal, 503 if refusal == UNAVAILABLE else 400)
     if ticket_id:
         services().store.delete(TICKET_KIND, ticket_id)
-    flow = services().login_flow
     login_request = flow.pending(request_id)
     previous = request.cookies.get(services().config.session.cookie_name)
     result = flow.sign_in(username, new, client, login_request, previous)

@@ -1,0 +1,112 @@
+"""Smart lockout (checklist L07) and password-spraying throttles (L08).
+
+Checked before a password reaches any source, so that an attacker guessing passwords stops at
+the bridge: the directory's bad-password count never reaches its lockout threshold (set
+`user_failures` and `familiar_user_failures` so that together they stay below it), and the
+real user keeps signing in from an address they used before while unfamiliar addresses are
+held back, as AD FS's extranet smart lockout does. Failures of unknown usernames count like any
+other, so throttling says nothing about which accounts exist.
+
+The counters live in the store (fixed windows), so every worker and node sees the same ones.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+from bridge.config import SignInProtectionConfig
+from bridge.store import Store
+
+FAILURES_KIND = "sign-in-failures"
+FAMILIAR_KIND = "familiar-address"
+
+
+class Verdict(enum.StrEnum):
+    """Whether an attempt may go on to check the password."""
+
+    ALLOWED = "allowed"
+    USER_THROTTLED = "user_throttled"
+    ADDRESS_THROTTLED = "address_throttled"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One sign-in attempt as sign-in protection saw it before the password was checked."""
+
+    verdict: Verdict
+    username: str = ""
+    address: str | None = None
+    familiar: bool = False
+    failures: int = 0  # of this username, in its class (familiar or not), in this window
+
+
+ALLOWED = Attempt(Verdict.ALLOWED)
+
+
+def _key(*parts: str) -> str:
+    # Usernames and addresses are never stored as they are: a digest keys each counter.
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "replace")).hexdigest()
+
+
+def normalised_username(username: str) -> str:
+    """One counter per account name, however it was typed: alice, CORP\\alice, alice@corp.
+
+    The domain part is dropped, so an attacker cannot multiply their attempts by writing one
+    account in several forms; a mail address whose local part differs from the account name
+    still counts apart.
+    """
+    name = username.strip().casefold()
+    name = name.rpartition("\\")[2]
+    return name.partition("@")[0] if "@" in name else name
+
+
+class SignInProtection:
+    """Failure counters per username (familiar or not) and per client address."""
+
+    def __init__(self, store: Store, config: SignInProtectionConfig):
+        self.store = store
+        self.config = config
+        self.window = config.window_minutes * 60
+
+    def check(self, username: str, address: str | None) -> Attempt:
+        """May this attempt check a password now? The answer feeds failed() or succeeded()."""
+        if not self.config.enabled:
+            return ALLOWED
+        if address is not None:
+            seen = self.store.get(FAILURES_KIND, _key("address", address))
+            if seen and seen.get("count", 0) >= self.config.address_failures:
+                return Attempt(Verdict.ADDRESS_THROTTLED, username, address)
+        user = normalised_username(username)
+        familiar = address is not None and (
+            self.store.get(FAMILIAR_KIND, _key(user, address)) is not None
+        )
+        limit = self.config.familiar_user_failures if familiar else self.config.user_failures
+        seen = self.store.get(FAILURES_KIND, _user_key(user, familiar))
+        failures = int(seen.get("count", 0)) if seen else 0
+        verdict = Verdict.USER_THROTTLED if failures >= limit else Verdict.ALLOWED
+        return Attempt(verdict, user, address, familiar, failures)
+
+    def failed(self, attempt: Attempt) -> None:
+        """Count a wrong password (or an unknown username) from the attempt's address."""
+        if not self.config.enabled or attempt is ALLOWED:
+            return
+        self.store.count(FAILURES_KIND, _user_key(attempt.username, attempt.familiar),
+                         self.window)
+        if attempt.address is not None:
+            self.store.count(FAILURES_KIND, _key("address", attempt.address), self.window)
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """Remember the address as familiar for the user; clear their familiar counter."""
+        if not self.config.enabled or attempt is ALLOWED or attempt.address is None:
+            return
+        if not attempt.familiar:
+            self.store.put(FAMILIAR_KIND, _key(attempt.username, attempt.address), {},
+                           self.config.familiar_days * 86400)
+        if attempt.failures and attempt.familiar:
+            self.store.delete(FAILURES_KIND, _user_key(attempt.username, True))
+
+
+def _user_key(user: str, familiar: bool) -> str:
+    return _key("familiar" if familiar else "unfamiliar", user)

@@ -1,0 +1,122 @@
+"""Smart lockout (L07) and password-spraying throttles (L08), through the wire.
+
+A live bridge behind one trusted proxy hop, so each request's X-Forwarded-For is its client
+address: the user's own address, an attacker's, a sprayer's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import USERS
+from tests.support import (
+    LiveBridge,
+    browser_client,
+    form_fields,
+    live_bridge,
+    prepare,
+    write_config,
+)
+
+HOME = "10.0.0.1"
+ATTACKER = "203.0.113.5"
+ELSEWHERE = "198.51.100.7"
+THROTTLED = "Too many failed sign-ins."
+GENERIC = "The username or password is incorrect."
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
+    path = write_config(
+        tmp_path_factory.mktemp("protected") / "bridge",
+        server={"trusted_proxy_hops": 1},
+        sign_in_protection={"enabled": True, "user_failures": 3, "familiar_user_failures": 3,
+                            "address_failures": 6, "window_minutes": 15},
+    )
+    prepare(path, {**USERS, "carol": "carol's long password 1", "dave": "dave's password 12"})
+    with live_bridge(path) as server:
+        yield server
+
+
+def attempt(live: LiveBridge, address: str, username: str, password: str) -> requests.Response:
+    """One POST /login from a client address (as the trusted proxy reports it)."""
+    client = browser_client()
+    headers = {"X-Forwarded-For": address}
+    page = client.get(live.url + "/login", headers=headers)
+    return client.post(
+        live.url + "/login",
+        data={**form_fields(page.text), "username": username, "password": password},
+        headers=headers,
+        allow_redirects=False,
+    )
+
+
+def audit_outcomes(live: LiveBridge, username: str) -> list[tuple[str, str | None]]:
+    """(outcome, throttle reason) of each stored sign-in attempt of a username, oldest first."""
+    database: Path = live.config_path.parent / "data" / "bridge.db"
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT outcome, json_extract(detail, '$.throttle') FROM audit "
+            "WHERE event = 'sign-in' AND username = ? ORDER BY id", (username,)
+        ).fetchall()
+    return [(outcome, reason) for outcome, reason in rows]
+
+
+def test_an_attacker_cannot_lock_out_the_user_at_their_usual_address(
+    protected: LiveBridge,
+) -> None:
+    alice = USERS["alice"]
+    assert attempt(protected, HOME, "alice", alice).status_code == 303  # HOME is now familiar
+    for _ in range(3):
+        response = attempt(protected, ATTACKER, "alice", "a wrong guess")
+        assert response.status_code == 401 and GENERIC in response.text
+    # The fourth try is stopped before the password is checked, even the right password,
+    # and from any other unfamiliar address too: the directory never sees these.
+    for address, password in ((ATTACKER, "another guess"), (ATTACKER, alice),
+                              (ELSEWHERE, alice)):
+        response = attempt(protected, address, "ALICE", password)
+        assert response.status_code == 429 and THROTTLED in response.text
+    # The same account written another way counts as the same account.
+    assert attempt(protected, ATTACKER, "CORP\\alice", alice).status_code == 429
+    # At home alice still signs in.
+    assert attempt(protected, HOME, "alice", alice).status_code == 303
+    outcomes = [o for o, _ in audit_outcomes(protected, "alice")]
+    assert outcomes == ["success", *["invalid_credentials"] * 3, "success"]
+    throttled = audit_outcomes(protected, "ALICE") + audit_outcomes(protected, "CORP\\alice")
+    assert throttled == [("throttled", "user_throttled")] * 4
+
+
+def test_unknown_names_are_throttled_like_real_ones(protected: LiveBridge) -> None:
+    for _ in range(3):
+        assert attempt(protected, ELSEWHERE, "nobody", "a guess").status_code == 401
+    response = attempt(protected, ELSEWHERE, "nobody", "a guess")
+    assert response.status_code == 429 and THROTTLED in response.text
+
+
+def test_a_password_sprayer_is_stopped_by_address(protected: LiveBridge) -> None:
+    sprayer = "192.0.2.99"
+    for name in ("bob", "carol", "dave", "erin", "frank", "grace"):  # one guess per user
+        assert attempt(protected, sprayer, name, "Summer2026!").status_code == 401
+    # Six failures from the address: even a right password from there waits out the window,
+    # while the same user signs in from elsewhere.
+    response = attempt(protected, sprayer, "bob", USERS["bob"])
+    assert response.status_code == 429 and THROTTLED in response.text
+    assert audit_outcomes(protected, "bob")[-1] == ("throttled", "address_throttled")
+    assert attempt(protected, "10.0.0.2", "bob", USERS["bob"]).status_code == 303
+
+
+def test_a_success_at_a_familiar_address_clears_its_failures(protected: LiveBridge) -> None:
+    carol = "carol's long password 1"
+    office = "10.0.0.3"
+    assert attempt(protected, office, "carol", carol).status_code == 303
+    for _ in range(2):
+        assert attempt(protected, office, "carol", "typo").status_code == 401
+    assert attempt(protected, office, "carol", carol).status_code == 303
+    for _ in range(2):  # two more typos: the count started again
+        assert attempt(protected, office, "carol", "typo").status_code == 401
+    assert attempt(protected, office, "carol", carol).status_code == 303
