@@ -159,6 +159,7 @@ def samba_users() -> dict[str, DirectoryUser]:
         DirectoryUser("fran", random_password(), "Fran", "Failover"),
         DirectoryUser("pat", random_password(), "Pat", "O'Brien", cn="O'Brien, Pat (IT)* \\Zoë"),
         DirectoryUser("chris", random_password(), "Chris", "Changer"),
+        DirectoryUser("sally", random_password(), "Sally", "Smartlockout"),
         DirectoryUser("svc-bridge", random_password(), None, None),
     ]
     return {u.sam: u for u in users}

@@ -1,0 +1,69 @@
+"""Smart lockout against a real AD lockout policy (Samba: 3 bad passwords lock an account).
+
+Without the bridge's protection, three wrong passwords lock an account
+(test_locked_account_looks_like_a_wrong_password); with it, an attacker's guesses stop at the
+bridge, the domain controller's bad-password count stays below its threshold, and the user
+still signs in from an address they used before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from ldap3 import BASE
+
+from bridge.schema import TaggedSecret
+from bridge.sources.ldap import LdapSource
+from bridge.sources.ldap_config import LdapSourceConfig
+from tests.ldap.conftest import ad_source, write_ldap_config
+from tests.ldap.directories import SambaDC, TestCA
+from tests.support import LiveBridge, live_bridge
+from tests.test_sign_in_protection import ATTACKER, ELSEWHERE, HOME, THROTTLED, attempt
+
+
+@pytest.fixture(scope="module")
+def protected_ad(tmp_path_factory: pytest.TempPathFactory, samba: SambaDC,
+                 test_ca: TestCA) -> Iterator[LiveBridge]:
+    # 1 + 1 guesses per window (unfamiliar and familiar addresses) < the domain's 3.
+    path = write_ldap_config(
+        tmp_path_factory.mktemp("protected-ad") / "bridge",
+        ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password,
+        server={"trusted_proxy_hops": 1},
+        sign_in_protection={"enabled": True, "user_failures": 1, "familiar_user_failures": 1},
+    )
+    with live_bridge(path) as server:
+        yield server
+
+
+def bad_password_count(samba: SambaDC, test_ca: TestCA, username: str) -> int:
+    """The DC's own badPwdCount for a user, read with the service account."""
+    raw: dict[str, Any] = {**ad_source(samba, test_ca.ca_file),
+                           "bind_password": TaggedSecret(samba.users["svc-bridge"].password,
+                                                         "!env TEST")}
+    source = LdapSource(LdapSourceConfig.model_validate(raw))
+    try:
+        entry = source.find_user(username)
+        assert entry is not None
+        _, entries = source.pool.run("service", lambda connection: source._search(
+            connection, entry.dn, "(objectClass=*)", BASE, ["badPwdCount"]))
+        return int(entries[0].values.get("badpwdcount", [b"0"])[0])
+    finally:
+        source.close()
+
+
+def test_guesses_stop_before_the_domain_locks_the_account(
+    protected_ad: LiveBridge, samba: SambaDC, test_ca: TestCA
+) -> None:
+    password = samba.users["sally"].password
+    assert attempt(protected_ad, HOME, "sally", password).status_code == 303
+    assert bad_password_count(samba, test_ca, "sally") == 0
+    assert attempt(protected_ad, ATTACKER, "sally", "guess 1").status_code == 401
+    for address, username in ((ATTACKER, "sally"), (ELSEWHERE, "sally@corp.example.test"),
+                              (ATTACKER, "CORP\\sally")) * 3:
+        response = attempt(protected_ad, address, username, "another guess")
+        assert response.status_code == 429 and THROTTLED in response.text
+    # Ten guesses, one of which reached the DC: nowhere near its threshold of three.
+    assert bad_password_count(samba, test_ca, "sally") == 1
+    assert attempt(protected_ad, HOME, "sally", password).status_code == 303
