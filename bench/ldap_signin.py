@@ -355,7 +355,9 @@ def main() -> None:
         for name, directory, port, dn, password, source, service_password in targets:
             assert directory.process is not None
             pgid = directory.process.pid
-            path = write_ldap_config(WORK / source["id"], source, service_password)
+            # The product's default sign-in protection (the test suite's configs turn it off).
+            path = write_ldap_config(WORK / source["id"], source, service_password,
+                                     sign_in_protection={"enabled": True})
             if args.cpu_only:
                 bridge_cpu(name, path, "alice", password, args.cpu_count, args.profile)
                 continue
