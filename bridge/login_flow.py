@@ -277,6 +277,8 @@ class LoginFlow:
             self.protection.failed(attempt)
         elif outcome in PASSWORD_PROVEN:
             self.protection.succeeded(attempt)
+        else:  # unavailable, refused input, locked: no guess was judged
+            self.protection.released(attempt)
 
     def _authenticate(
         self, username: str, password: str, login_request: LoginRequest | None

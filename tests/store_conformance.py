@@ -198,6 +198,17 @@ class StoreConformance:
         store.delete("failures", "u1")
         assert store.count("failures", "u1", ttl=60) == 1
 
+    def test_count_down_never_goes_below_zero(self, store: Store, clock: FakeClock) -> None:
+        assert store.count("failures", "u1", ttl=60, by=-1) == 0
+        assert store.get("failures", "u1") is None  # nothing stored for a count-down
+        assert store.count("failures", "u1", ttl=60, by=2) == 2
+        clock.advance(30)
+        assert store.count("failures", "u1", ttl=60, by=-1) == 1
+        assert store.count("failures", "u1", ttl=60, by=-5) == 0
+        assert store.get("failures", "u1") == {"count": 0}
+        clock.advance(30)  # counting down kept the window it had
+        assert store.get("failures", "u1") is None
+
     def test_concurrent_counts_lose_nothing(self, store: Store) -> None:
         results = race(RACERS, lambda _i: [store.count("failures", "u", ttl=60)
                                            for _ in range(5)])

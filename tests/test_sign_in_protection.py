@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def test_a_success_at_a_familiar_address_clears_its_failures(protected: LiveBrid
     for _ in range(2):  # two more typos: the count started again
         assert attempt(protected, office, "carol", "typo").status_code == 401
     assert attempt(protected, office, "carol", carol).status_code == 303
+
+
+def test_parallel_guesses_cannot_slip_past_the_limit_together(protected: LiveBridge) -> None:
+    # Counted before the password is checked: of 20 simultaneous guesses, 3 reach the directory.
+    pages = {"X-Forwarded-For": "203.0.113.77"}
+    clients = [browser_client() for _ in range(20)]
+    forms = [form_fields(c.get(protected.url + "/login", headers=pages).text) for c in clients]
+
+    def guess(i: int) -> int:
+        return clients[i].post(
+            protected.url + "/login", headers=pages, allow_redirects=False,
+            data={**forms[i], "username": "zoe", "password": f"guess {i}"},
+        ).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = sorted(pool.map(guess, range(20)))
+    assert statuses == [401] * 3 + [429] * 17

@@ -62,11 +62,12 @@ class Store(Protocol):
     def add(self, kind: str, key: str, value: Mapping[str, Any], ttl: float) -> bool:
         """Store a record only if no live one exists (replay caches); True if it was added."""
 
-    def count(self, kind: str, key: str, ttl: float) -> int:
-        """Atomically add one to a counter record and return the new count.
+    def count(self, kind: str, key: str, ttl: float, by: int = 1) -> int:
+        """Atomically add `by` to a counter record and return the new count (never below 0).
 
-        A counter that is absent or expired starts at 1 and lives ttl seconds from then; a live
-        one keeps its expiry (a fixed window). `get` reads it as {"count": n}.
+        A counter that is absent or expired starts from 0 and lives ttl seconds from then; a
+        live one keeps its expiry (a fixed window); taking from an absent counter stores
+        nothing. `get` reads it as {"count": n}.
         """
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:

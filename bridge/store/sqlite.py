@@ -465,8 +465,8 @@ class SQLiteStore:
                 self._purge_records(conn, now)
             return conn.execute(_ADD_RECORD, row).rowcount == 1
 
-    def count(self, kind: str, key: str, ttl: float) -> int:
-        """Atomically add one to a counter record and return the new count (fixed window)."""
+    def count(self, kind: str, key: str, ttl: float, by: int = 1) -> int:
+        """Atomically add `by` to a counter record and return the new count (fixed window)."""
         _check_name("kind", kind)
         _check_name("key", key)
         _check_ttl(ttl)
@@ -476,9 +476,12 @@ class SQLiteStore:
         with self._write() as conn:
             match = {"k_kind": kind, "k_key": key, "k_now": now}
             live = conn.execute(_GET_COUNTER, match).one_or_none()
-            count, expires_at = (1, now + ttl) if live is None else (
-                int(json.loads(live.value).get("count", 0)) + 1, live.expires_at
+            if live is None and by <= 0:
+                return 0
+            current, expires_at = (0, now + ttl) if live is None else (
+                int(json.loads(live.value).get("count", 0)), live.expires_at
             )
+            count = max(0, current + by)
             row = {"kind": kind, "key": key, "value": json.dumps({"count": count}),
                    "expires_at": expires_at}
             conn.execute(_PUT_RECORD, row)

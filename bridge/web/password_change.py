@@ -150,8 +150,10 @@ def change_submit() -> Response:
         refusal = source.change_password(username, current, new)
     except SourceUnavailable:
         refusal = UNAVAILABLE
-    if refusal == WRONG_CREDENTIALS:
-        flow.count_attempt(attempt, Outcome.INVALID_CREDENTIALS)
+    flow.count_attempt(
+        attempt, Outcome.INVALID_CREDENTIALS if refusal == WRONG_CREDENTIALS else (
+            Outcome.SUCCESS if refusal is None else Outcome.REJECTED_INPUT)
+    )
     services().audit.record(
         "password-change",
         "success" if refusal is None else "refused",
