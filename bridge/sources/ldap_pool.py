@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -64,6 +65,20 @@ class DomainController:
     opened: int = 0  # connections opened since start (for tests and the benchmark)
 
 
+class NoDelayTls(Tls):
+    """ldap3's Tls, with Nagle's algorithm off on the socket before the TLS handshake.
+
+    With it on, the handshake of every new LDAPS or StartTLS connection stalled ~40 ms (a small
+    write held back until the peer's delayed ACK): 46 ms per new connection against slapd
+    here, 2.6 ms without it. That is what a failover or a DC coming back costs per connection.
+    """
+
+    def wrap_socket(self, connection: Connection, do_handshake: bool = False) -> None:
+        """Turn Nagle off, then wrap as ldap3 does."""
+        connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().wrap_socket(connection, do_handshake)
+
+
 class ConnectionPool:
     """Runs operations on pooled connections, failing over between domain controllers."""
 
@@ -78,7 +93,7 @@ class ConnectionPool:
         if config.uses_tls:
             # ldap3 verifies nothing unless told to: require a certificate that chains to the
             # configured CA (or the system's) and names the host we dialled.
-            tls = Tls(
+            tls = NoDelayTls(
                 validate=ssl.CERT_REQUIRED,
                 ca_certs_file=str(config.ca_file) if config.ca_file else None,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,6 +146,22 @@ def test_start_tls_verifies_and_signs_in(slapd: Slapd, test_ca: TestCA) -> None:
     wrong = _source({**raw, "ca_file": str(test_ca.other_ca())}, slapd.service_password)
     with pytest.raises(Exception, match="certificate verify failed"):
         wrong.authenticate("alice", slapd.users["alice"].password)
+
+
+@pytest.mark.parametrize("start_tls", [False, True])
+def test_tls_handshakes_run_without_nagle(start_tls: bool, slapd: Slapd,
+                                          test_ca: TestCA) -> None:
+    # With Nagle on, each new LDAPS / StartTLS connection stalled ~40 ms in its handshake
+    # (46 ms per connection against this slapd, 2.6 ms without): what a failover costs.
+    overrides = ({"servers": [f"ldap://127.0.0.1:{slapd.ldap_port}"], "start_tls": True}
+                 if start_tls else {})
+    source = _source(openldap_source(slapd, test_ca.ca_file, **overrides),
+                     slapd.service_password)
+    connection = source.pool.open_connection(source.pool.controllers[0], "service")
+    assert connection.tls_started or connection.server.ssl
+    assert connection.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    connection.unbind()
+    source.close()
 
 
 def test_connections_are_pooled_and_rebound_not_reopened(slapd: Slapd,
