@@ -28,9 +28,9 @@ from tests.support import (
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
-    """A live bridge whose store gives up on a lock after 300 ms."""
+    """A live bridge whose store gives up on a lock after 300 ms (sign-in protection on)."""
     path = write_config(tmp_path_factory.mktemp("ops") / "bridge",
-                        store={"busy_timeout_ms": 300})
+                        store={"busy_timeout_ms": 300}, sign_in_protection={"enabled": True})
     prepare(path, USERS)
     with live_bridge(path) as server:
         yield server
