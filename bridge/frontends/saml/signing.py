@@ -185,9 +185,9 @@ class Signer:
         context = xmlsec.SignatureContext()
         context.key = self._xmlsec_key()
         context.sign(signature)
-        return _child(signature, "DigestValue").text or "", _child(
-            signature, "SignatureValue"
-        ).text or ""
+        digest = _child(signature, "DigestValue").text or ""
+        value = _child(signature, "SignatureValue").text or ""
+        return digest, value
 
     def sign_query(self, query: str) -> str:
         """Base64 RSA-SHA256 signature of a Redirect-binding query (SAMLRequest=..&SigAlg=..)."""
