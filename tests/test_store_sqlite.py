@@ -262,7 +262,7 @@ def test_forked_child_uses_its_own_connections(store: SQLiteStore) -> None:
     assert store.get("code", "k2") == {"v": 2}
 
 
-def _worker(path: str, barrier: Any, index: int, results: Any) -> None:
+def _worker(path: str, barrier: Any, index: int, results: Any, counts: Any) -> None:
     """Child process: create/open the store with the others, then race them for one key."""
     barrier.wait(timeout=60)  # 1: every worker opens (and so migrates) a brand-new file at once
     store = SQLiteStore(path)
@@ -271,17 +271,19 @@ def _worker(path: str, barrier: Any, index: int, results: Any) -> None:
         barrier.wait(timeout=60)  # 2: all opened; the parent now puts the one-time code
         barrier.wait(timeout=60)  # 3: go
         results.put(store.take("code", "once"))
+        counts.put([store.count("failures", "shared", ttl=600) for _ in range(10)])
     finally:
         store.close()
 
 
 def test_processes_create_the_database_then_only_one_takes(db_path: Path) -> None:
-    # One test for two races because spawning interpreters is the slow part.
+    # One test for three races (create, take, count) because spawning interpreters is slow.
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(PROCESSES + 1)
     results = ctx.Queue()
+    counts = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(str(db_path), barrier, i, results))
+        ctx.Process(target=_worker, args=(str(db_path), barrier, i, results, counts))
         for i in range(PROCESSES)
     ]
     for proc in procs:
@@ -293,6 +295,7 @@ def test_processes_create_the_database_then_only_one_takes(db_path: Path) -> Non
         s.put("code", "once", {"secret": "s3cr3t"}, ttl=600)
         barrier.wait(timeout=60)
         got = [results.get(timeout=60) for _ in range(PROCESSES)]
+        counted = sorted(n for _ in range(PROCESSES) for n in counts.get(timeout=60))
     finally:
         for proc in procs:
             proc.join(timeout=60)
@@ -300,6 +303,7 @@ def test_processes_create_the_database_then_only_one_takes(db_path: Path) -> Non
                 proc.kill()
     assert [proc.exitcode for proc in procs] == [0] * PROCESSES
     assert [r for r in got if r is not None] == [{"secret": "s3cr3t"}]
+    assert counted == list(range(1, PROCESSES * 10 + 1))  # no increment lost across processes
     assert s.get("code", "once") is None
     assert [s.get("worker", str(i)) for i in range(PROCESSES)] == [
         {"index": i} for i in range(PROCESSES)
