@@ -251,11 +251,13 @@ def bridge_cpu(name: str, config_path: Path, username: str, password: str, count
         assert response.status_code == 303, response.status_code
 
     # The same POST straight into the WSGI app: no test client (its cookie jar and request
-    # building are not the bridge's cost), a browser with its CSRF cookie and no session yet.
+    # building are not the bridge's cost), a browser with its CSRF cookie and no session yet,
+    # from the address a server would report (sign-in protection keys on it).
     csrf = client.get_cookie("bridge_csrf")
     assert csrf is not None
     environ = EnvironBuilder(path="/login", method="POST", data=form,
-                             headers={"Cookie": f"bridge_csrf={csrf.value}"}).get_environ()
+                             headers={"Cookie": f"bridge_csrf={csrf.value}"},
+                             environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
     body = environ["wsgi.input"].read()
 
     def wsgi_sign_in() -> None:
