@@ -225,8 +225,8 @@ class SignInProtectionConfig(Strict):
     """Smart lockout and password-spraying throttles, applied before any password is checked.
 
     Failed attempts are counted per username (familiar and unfamiliar client addresses apart)
-    and per client address, in fixed windows. Keep 2 x user_failures below the directory's own
-    lockout threshold, so that no attacker can lock a real account.
+    and per client address, in fixed windows. Keep user_failures + familiar_user_failures below
+    the directory's own lockout threshold, so that no attacker can lock a real account.
     """
 
     enabled: bool = True
