@@ -144,34 +144,19 @@ _PUT_RECORD = _upsert.on_conflict_do_update(
     index_elements=[_records.c.kind, _records.c.key],
     set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
 )
-_DELETE_RECORD = delete(_records).where(
-    _records.c.kind == bindparam("k_kind"), _records.c.key == bindparam("k_key")
-)
-_GET_RECORD = select(_records.c.value).where(
-    _records.c.kind == bindparam("k_kind"),
-    _records.c.key == bindparam("k_key"),
-    _records.c.expires_at > bindparam("k_now"),
-)
-_TAKE_RECORD = (
-    delete(_records)
-    .where(
-        _records.c.kind == bindparam("k_kind"),
-        _records.c.key == bindparam("k_key"),
-        _records.c.expires_at > bindparam("k_now"),
-    )
-    .returning(_records.c.value)
-)
+# One record by kind and key; "live" adds that it has not expired.
+_THIS_RECORD = (_records.c.kind == bindparam("k_kind"), _records.c.key == bindparam("k_key"))
+_LIVE = (*_THIS_RECORD, _records.c.expires_at > bindparam("k_now"))
+_DELETE_RECORD = delete(_records).where(*_THIS_RECORD)
+_GET_RECORD = select(_records.c.value).where(*_LIVE)
+_TAKE_RECORD = delete(_records).where(*_LIVE).returning(_records.c.value)
 # Insert, or take over an expired row, or do nothing (rowcount 0) when a live record is there.
 _ADD_RECORD = _upsert.on_conflict_do_update(
     index_elements=[_records.c.kind, _records.c.key],
     set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
     where=_records.c.expires_at <= bindparam("k_now"),
 )
-_GET_COUNTER = select(_records.c.value, _records.c.expires_at).where(
-    _records.c.kind == bindparam("k_kind"),
-    _records.c.key == bindparam("k_key"),
-    _records.c.expires_at > bindparam("k_now"),
-)
+_GET_COUNTER = select(_records.c.value, _records.c.expires_at).where(*_LIVE)
 _APPEND_AUDIT = insert(_audit)
 
 
