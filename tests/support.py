@@ -146,6 +146,19 @@ def sign_in(client: requests.Session, base: str, username: str, password: str,
     )
 
 
+def sign_in_attempt(base: str, username: str, password: str,
+                    headers: dict[str, str] | None = None) -> requests.Response:
+    """One POST /login from a new browser (its form loaded first); redirects not followed."""
+    client = browser_client()
+    page = client.get(base + "/login", headers=headers)
+    return client.post(
+        base + "/login",
+        data={**form_fields(page.text), "username": username, "password": password},
+        headers=headers,
+        allow_redirects=False,
+    )
+
+
 @dataclass
 class LiveBridge:
     """A bridge running under gunicorn in a subprocess."""

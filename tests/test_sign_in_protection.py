@@ -21,6 +21,7 @@ from tests.support import (
     form_fields,
     live_bridge,
     prepare,
+    sign_in_attempt,
     write_config,
 )
 
@@ -46,15 +47,7 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBridge]:
 
 def attempt(live: LiveBridge, address: str, username: str, password: str) -> requests.Response:
     """One POST /login from a client address (as the trusted proxy reports it)."""
-    client = browser_client()
-    headers = {"X-Forwarded-For": address}
-    page = client.get(live.url + "/login", headers=headers)
-    return client.post(
-        live.url + "/login",
-        data={**form_fields(page.text), "username": username, "password": password},
-        headers=headers,
-        allow_redirects=False,
-    )
+    return sign_in_attempt(live.url, username, password, {"X-Forwarded-For": address})
 
 
 def audit_outcomes(live: LiveBridge, username: str) -> list[tuple[str, str | None]]:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 import requests
 
+from bridge.schema import TaggedSecret
+from bridge.sources.ldap import LdapSource
+from bridge.sources.ldap_config import LdapSourceConfig
 from tests.ldap.directories import (
     NETBIOS,
     SAMBA_BASE,
@@ -69,6 +72,12 @@ def slapd(ldap_root: Path, test_ca: TestCA) -> Iterator[Slapd]:
     """An OpenLDAP slapd, seeded once per session."""
     with running(Slapd(ldap_root / "slapd", test_ca)) as server:
         yield server
+
+
+def ldap_source(raw: dict[str, Any], password: str) -> LdapSource:
+    """An LdapSource built in-process from a source config and its bind password."""
+    data = {**raw, "bind_password": TaggedSecret(password, "!env TEST")}
+    return LdapSource(LdapSourceConfig.model_validate(data))
 
 
 def ad_source(dc: SambaDC, ca_file: Path, **overrides: Any) -> dict[str, Any]:

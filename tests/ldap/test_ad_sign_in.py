@@ -11,7 +11,7 @@ import requests
 
 from tests.ldap.conftest import GENERIC, audit_outcomes, cell, error_text, ldapsearch
 from tests.ldap.directories import CONSISTENCY_GUID, SAMBA_BASE, SambaDC, TestCA
-from tests.support import LiveBridge, browser_client, form_fields, sign_in
+from tests.support import LiveBridge, browser_client, sign_in, sign_in_attempt
 
 
 def _objectguid(samba: SambaDC, ca: TestCA, sam: str) -> bytes:
@@ -66,19 +66,9 @@ def test_names_that_need_escaping_sign_in_and_keep_their_groups(
     assert cell(page.text, "Groups") == "Domain Users, R&D (Lab), Users"
 
 
-def _attempt(live: LiveBridge, username: str, password: str) -> requests.Response:
-    client = browser_client()
-    page = client.get(live.url + "/login")
-    return client.post(
-        live.url + "/login",
-        data={**form_fields(page.text), "username": username, "password": password},
-        allow_redirects=False,
-    )
-
-
 def test_wrong_password_and_unknown_user_get_the_same_answer(ad_bridge: LiveBridge) -> None:
-    wrong = _attempt(ad_bridge, "bob", "not bob's password")
-    unknown = _attempt(ad_bridge, "nobody-here", "not bob's password")
+    wrong = sign_in_attempt(ad_bridge.url, "bob", "not bob's password")
+    unknown = sign_in_attempt(ad_bridge.url, "nobody-here", "not bob's password")
     assert wrong.status_code == unknown.status_code == 401
     assert error_text(wrong) == error_text(unknown) == GENERIC
     assert ("bob", "invalid_credentials") in audit_outcomes(ad_bridge)
@@ -95,10 +85,10 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(ad_bridge: LiveBrid
 def test_account_states_are_named_only_after_the_right_password(
     ad_bridge: LiveBridge, samba: SambaDC, user: str, message: str, outcome: str
 ) -> None:
-    right = _attempt(ad_bridge, user, samba.users[user].password)
+    right = sign_in_attempt(ad_bridge.url, user, samba.users[user].password)
     assert right.status_code == 401
     assert error_text(right) == message
-    wrong = _attempt(ad_bridge, user, "a wrong password")
+    wrong = sign_in_attempt(ad_bridge.url, user, "a wrong password")
     assert error_text(wrong) == GENERIC
     outcomes = audit_outcomes(ad_bridge)
     assert (user, outcome) in outcomes and (user, "invalid_credentials") in outcomes
@@ -114,11 +104,11 @@ def test_account_states_are_named_only_after_the_right_password(
 def test_expired_or_must_change_password_leads_to_the_change_page(
     ad_bridge: LiveBridge, samba: SambaDC, user: str, reason: str
 ) -> None:
-    right = _attempt(ad_bridge, user, samba.users[user].password)
+    right = sign_in_attempt(ad_bridge.url, user, samba.users[user].password)
     assert right.status_code == 303
     location = right.headers["Location"]
     assert re.fullmatch(r".*/password/change\?ticket=[A-Za-z0-9_\-]{20,}", location)
-    wrong = _attempt(ad_bridge, user, "a wrong password")
+    wrong = sign_in_attempt(ad_bridge.url, user, "a wrong password")
     assert wrong.status_code == 401 and error_text(wrong) == GENERIC
 
 
@@ -127,8 +117,8 @@ def test_locked_account_looks_like_a_wrong_password(ad_bridge: LiveBridge,
     # Threshold 3: three wrong passwords lock larry; then even the right one is refused, and
     # the page says nothing a stranger could not also see for a made-up name.
     for _ in range(3):
-        assert _attempt(ad_bridge, "larry", "wrong password!").status_code == 401
-    locked = _attempt(ad_bridge, "larry", samba.users["larry"].password)
+        assert sign_in_attempt(ad_bridge.url, "larry", "wrong password!").status_code == 401
+    locked = sign_in_attempt(ad_bridge.url, "larry", samba.users["larry"].password)
     assert locked.status_code == 401
     assert error_text(locked) == GENERIC
     assert audit_outcomes(ad_bridge)[-1] == ("larry", "locked")
@@ -163,14 +153,14 @@ INJECTION = [
 @pytest.mark.parametrize("username", INJECTION)
 def test_injection_usernames_find_nobody(ad_bridge: LiveBridge, samba: SambaDC,
                                          username: str) -> None:
-    response = _attempt(ad_bridge, username, samba.users["alice"].password)
+    response = sign_in_attempt(ad_bridge.url, username, samba.users["alice"].password)
     assert response.status_code == 401
     assert error_text(response) == GENERIC
 
 
 def test_injection_passwords_sign_nobody_in(ad_bridge: LiveBridge) -> None:
     for password in INJECTION:
-        response = _attempt(ad_bridge, "ivan", password)
+        response = sign_in_attempt(ad_bridge.url, "ivan", password)
         assert response.status_code == 401, password[:20]
         assert error_text(response) == GENERIC
     outcomes = {outcome for user, outcome in audit_outcomes(ad_bridge) if user == "ivan"}

@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.config import ConfigError, config_from_dict
-from bridge.schema import TaggedSecret
 from bridge.sources import Outcome, credentials_acceptable
-from bridge.sources.ldap import LdapSource
 from bridge.sources.ldap_ad import (
     account_state,
     bind_subcode,
@@ -25,15 +23,9 @@ from bridge.sources.ldap_ad import (
     outcome_for_bind_failure,
     to_filetime,
 )
-from bridge.sources.ldap_config import LdapSourceConfig
-from tests.ldap.conftest import ad_source, openldap_source, write_ldap_config
+from tests.ldap.conftest import ad_source, ldap_source, openldap_source, write_ldap_config
 from tests.ldap.directories import SambaDC, Slapd, TestCA
 from tests.support import run_cli
-
-
-def _source(raw: dict[str, Any], password: str) -> LdapSource:
-    data = {**raw, "bind_password": TaggedSecret(password, "!env TEST")}
-    return LdapSource(LdapSourceConfig.model_validate(data))
 
 
 class _NoNetwork:
@@ -50,14 +42,14 @@ def test_blank_and_nul_passwords_are_refused_before_any_bind(
     # L01: real AD takes a DN with an empty password as an anonymous bind that succeeds;
     # Samba does not reproduce that, so the guard itself is what is tested.
     assert not credentials_acceptable("alice", password)
-    source = _source(ad_source(samba, test_ca.ca_file), "unused")
+    source = ldap_source(ad_source(samba, test_ca.ca_file), "unused")
     source.pool = _NoNetwork()  # type: ignore[assignment]
     assert source.authenticate("alice", password).outcome is Outcome.REJECTED_INPUT
     assert source.change_password("alice", password, "Another-Passw0rd!") is not None
 
 
 def test_filters_escape_every_special_character(samba: SambaDC, test_ca: TestCA) -> None:
-    source = _source(ad_source(samba, test_ca.ca_file), "unused")
+    source = ldap_source(ad_source(samba, test_ca.ca_file), "unused")
     base = "(&(objectClass=user)(objectCategory=person))"
     assert source.user_filter("*)(uid=*") == f"(&{base}(sAMAccountName=\\2a\\29\\28uid=\\2a))"
     assert source.user_filter("a@b\\c") is None  # DOMAIN\user with an unknown domain "a@b"
@@ -118,7 +110,7 @@ def test_config_refuses_plain_ldap_text_secrets_and_missing_ca(tmp_path: Path) -
 
 
 def test_wrong_ca_is_refused(samba: SambaDC, test_ca: TestCA) -> None:
-    source = _source(ad_source(samba, test_ca.other_ca()), samba.users["svc-bridge"].password)
+    source = ldap_source(ad_source(samba, test_ca.other_ca()), samba.users["svc-bridge"].password)
     with pytest.raises(Exception, match="certificate verify failed"):
         source.authenticate("alice", samba.users["alice"].password)
     assert "certificate verify failed" in (source.pool.health()[0]["last_error"] or "")
@@ -131,9 +123,9 @@ def test_plain_ldap_needs_the_flag_and_logs_a_warning(
                           servers=[f"ldap://127.0.0.1:{slapd.ldap_port}"])
     raw["ca_file"] = None
     with pytest.raises(ValueError, match="clear text"):
-        _source(raw, slapd.service_password)
+        ldap_source(raw, slapd.service_password)
     with caplog.at_level(logging.WARNING, logger="bridge.sources.ldap"):
-        source = _source({**raw, "insecure_plain_ldap": True}, slapd.service_password)
+        source = ldap_source({**raw, "insecure_plain_ldap": True}, slapd.service_password)
     assert "without TLS" in caplog.text
     assert source.authenticate("alice", slapd.users["alice"].password).ok
 
@@ -141,9 +133,9 @@ def test_plain_ldap_needs_the_flag_and_logs_a_warning(
 def test_start_tls_verifies_and_signs_in(slapd: Slapd, test_ca: TestCA) -> None:
     raw = openldap_source(slapd, test_ca.ca_file,
                           servers=[f"ldap://127.0.0.1:{slapd.ldap_port}"], start_tls=True)
-    assert _source(raw, slapd.service_password).authenticate(
+    assert ldap_source(raw, slapd.service_password).authenticate(
         "alice", slapd.users["alice"].password).ok
-    wrong = _source({**raw, "ca_file": str(test_ca.other_ca())}, slapd.service_password)
+    wrong = ldap_source({**raw, "ca_file": str(test_ca.other_ca())}, slapd.service_password)
     with pytest.raises(Exception, match="certificate verify failed"):
         wrong.authenticate("alice", slapd.users["alice"].password)
 
@@ -155,7 +147,7 @@ def test_tls_handshakes_run_without_nagle(start_tls: bool, slapd: Slapd,
     # (46 ms per connection against this slapd, 2.6 ms without): what a failover costs.
     overrides = ({"servers": [f"ldap://127.0.0.1:{slapd.ldap_port}"], "start_tls": True}
                  if start_tls else {})
-    source = _source(openldap_source(slapd, test_ca.ca_file, **overrides),
+    source = ldap_source(openldap_source(slapd, test_ca.ca_file, **overrides),
                      slapd.service_password)
     connection = source.pool.open_connection(source.pool.controllers[0], "service")
     assert connection.tls_started or connection.server.ssl
@@ -166,7 +158,7 @@ def test_tls_handshakes_run_without_nagle(start_tls: bool, slapd: Slapd,
 
 def test_connections_are_pooled_and_rebound_not_reopened(slapd: Slapd,
                                                          test_ca: TestCA) -> None:
-    source = _source(openldap_source(slapd, test_ca.ca_file), slapd.service_password)
+    source = ldap_source(openldap_source(slapd, test_ca.ca_file), slapd.service_password)
     users = [("alice", slapd.users["alice"].password), ("bob", slapd.users["bob"].password)]
     assert all(source.authenticate(u, p).ok for u, p in users)
     opened = source.pool.health()[0]["connections_opened"]
@@ -183,7 +175,7 @@ def test_connections_are_pooled_and_rebound_not_reopened(slapd: Slapd,
 
 def test_member_of_mode_walks_nested_groups(slapd: Slapd, test_ca: TestCA) -> None:
     raw = openldap_source(slapd, test_ca.ca_file, group_search={"mode": "member_of"})
-    result = _source(raw, slapd.service_password).authenticate(
+    result = ldap_source(raw, slapd.service_password).authenticate(
         "alice", slapd.users["alice"].password)
     assert result.identity is not None
     assert result.identity.groups == ("all-staff", "engineering", "staff")
@@ -198,7 +190,7 @@ def test_group_nesting_is_cached_but_the_users_own_groups_are_read_each_time(
 ) -> None:
     raw = openldap_source(slapd, test_ca.ca_file)
     raw["group_search"] = {**raw["group_search"], "mode": mode}
-    source = _source(raw, slapd.service_password)
+    source = ldap_source(raw, slapd.service_password)
     searches: list[str] = []
     run = source.pool.run
 
@@ -220,7 +212,7 @@ def test_group_nesting_is_cached_but_the_users_own_groups_are_read_each_time(
 
 
 def test_refresh_rereads_groups_and_state(samba: SambaDC, test_ca: TestCA) -> None:
-    source = _source(ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password)
+    source = ldap_source(ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password)
     identity = source.authenticate("bob", samba.users["bob"].password).identity
     assert identity is not None and "Staff" in identity.groups
     refreshed = source.refresh(identity)

@@ -7,7 +7,7 @@ import pytest
 from tests.ldap.conftest import GENERIC, cell, error_text, ldapsearch
 from tests.ldap.directories import SLAPD_BASE, Slapd, TestCA
 from tests.ldap.test_ad_sign_in import INJECTION
-from tests.support import LiveBridge, browser_client, form_fields, sign_in
+from tests.support import LiveBridge, browser_client, sign_in, sign_in_attempt
 
 
 @pytest.mark.parametrize("username", ["alice", "alice@example.test", "ALICE"])
@@ -34,19 +34,12 @@ def test_group_names_that_need_filter_escaping(openldap_bridge: LiveBridge,
 @pytest.mark.parametrize("username", INJECTION)
 def test_injection_usernames_find_nobody(openldap_bridge: LiveBridge, slapd: Slapd,
                                          username: str) -> None:
-    client = browser_client()
-    page = client.get(openldap_bridge.url + "/login")
-    response = client.post(openldap_bridge.url + "/login", data={
-        **form_fields(page.text), "username": username,
-        "password": slapd.users["alice"].password})
+    response = sign_in_attempt(openldap_bridge.url, username, slapd.users["alice"].password)
     assert response.status_code == 401
     assert error_text(response) == GENERIC
 
 
 def test_injection_passwords_sign_nobody_in(openldap_bridge: LiveBridge) -> None:
     for password in INJECTION:
-        client = browser_client()
-        page = client.get(openldap_bridge.url + "/login")
-        response = client.post(openldap_bridge.url + "/login", data={
-            **form_fields(page.text), "username": "ivan", "password": password})
+        response = sign_in_attempt(openldap_bridge.url, "ivan", password)
         assert response.status_code == 401 and error_text(response) == GENERIC

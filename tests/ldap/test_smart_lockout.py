@@ -9,15 +9,11 @@ still signs in from an address they used before.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from ldap3 import BASE
 
-from bridge.schema import TaggedSecret
-from bridge.sources.ldap import LdapSource
-from bridge.sources.ldap_config import LdapSourceConfig
-from tests.ldap.conftest import ad_source, write_ldap_config
+from tests.ldap.conftest import ad_source, ldap_source, write_ldap_config
 from tests.ldap.directories import SambaDC, TestCA
 from tests.support import LiveBridge, live_bridge
 from tests.test_sign_in_protection import ATTACKER, ELSEWHERE, HOME, THROTTLED, attempt
@@ -39,10 +35,7 @@ def protected_ad(tmp_path_factory: pytest.TempPathFactory, samba: SambaDC,
 
 def bad_password_count(samba: SambaDC, test_ca: TestCA, username: str) -> int:
     """The DC's own badPwdCount for a user, read with the service account."""
-    raw: dict[str, Any] = {**ad_source(samba, test_ca.ca_file),
-                           "bind_password": TaggedSecret(samba.users["svc-bridge"].password,
-                                                         "!env TEST")}
-    source = LdapSource(LdapSourceConfig.model_validate(raw))
+    source = ldap_source(ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password)
     try:
         entry = source.find_user(username)
         assert entry is not None

@@ -6,14 +6,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import requests
 
-from tests.conftest import USERS
+from tests.conftest import ALICE_PASSWORD, USERS
 from tests.saml.peers import KeyPair, OneLoginSp, PySaml2Sp, make_keypair
-from tests.support import LiveBridge, live_bridge, prepare, run_cli, write_config
+from tests.support import (
+    LiveBridge,
+    form_fields,
+    live_bridge,
+    prepare,
+    run_cli,
+    write_config,
+)
 
 # Directory values an attacker might control (S03, S04).
 MALLORY_PASSWORD = "mallory's long password 1"
@@ -90,22 +97,42 @@ def set_release(config: Path, party_id: str, release: list[dict[str, Any]]) -> N
     registry.store.close()
 
 
-@pytest.fixture(scope="package")
-def saml_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamlEnv]:
-    """One bridge (gunicorn, 2 workers) and three SPs for the whole SAML test package."""
+def add_mallory(config: Path) -> None:
+    """Add the user whose directory values try to break out of their XML (S03, S04)."""
     from bridge.config import load_config
     from bridge.sources.embedded import EmbeddedDirectory
     from bridge.store import open_store
 
-    workdir = tmp_path_factory.mktemp("saml")
-    config = write_config(workdir / "bridge")
-    prepare(config, USERS)
     store = open_store(load_config(config).store)
     EmbeddedDirectory(store, "local").add_user(
         "mallory", MALLORY_PASSWORD, display_name=MALLORY_DISPLAY, email=MALLORY_EMAIL,
         groups=["staff"],
     )
     store.close()
+
+
+class HasBridge(Protocol):
+    """A test environment with a running bridge."""
+
+    bridge: LiveBridge
+
+
+def bridge_sign_in(env: HasBridge, client: requests.Session, page: requests.Response,
+                   user: str = "alice", password: str = ALICE_PASSWORD) -> requests.Response:
+    """Fill in the bridge's sign-in page an SP sent the browser to."""
+    assert page.status_code == 200, page.text[:300]
+    assert page.url.startswith(env.bridge.url + "/login?request="), page.url
+    return client.post(env.bridge.url + "/login",
+                       data={**form_fields(page.text), "username": user, "password": password})
+
+
+@pytest.fixture(scope="package")
+def saml_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamlEnv]:
+    """One bridge (gunicorn, 2 workers) and three SPs for the whole SAML test package."""
+    workdir = tmp_path_factory.mktemp("saml")
+    config = write_config(workdir / "bridge")
+    prepare(config, USERS)
+    add_mallory(config)
     keys = {name: make_keypair(f"{name} SP") for name in ("onelogin", "encrypted", "pysaml2")}
     with live_bridge(config) as bridge:
         metadata = requests.get(bridge.url + "/saml/metadata", timeout=10)

@@ -27,6 +27,8 @@ from tests.saml.conftest import (
     MALLORY_EMAIL,
     MALLORY_PASSWORD,
     RELEASE,
+    add_mallory,
+    bridge_sign_in,
     register,
     set_release,
 )
@@ -35,7 +37,6 @@ from tests.saml.peers import read_form, submit_form
 from tests.support import (
     LiveBridge,
     browser_client,
-    form_fields,
     launch_chromium,
     live_bridge,
     prepare,
@@ -94,19 +95,10 @@ class MellonEnv:
 @pytest.fixture(scope="module")
 def mellon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MellonEnv]:
     """One bridge (gunicorn) and one Apache + mod_auth_mellon for the module."""
-    from bridge.config import load_config
-    from bridge.sources.embedded import EmbeddedDirectory
-    from bridge.store import open_store
-
     workdir = tmp_path_factory.mktemp("mellon")
     config = write_config(workdir / "bridge", saml={"max_relay_state_bytes": RELAY_STATE_LIMIT})
     prepare(config, USERS)
-    store = open_store(load_config(config).store)
-    EmbeddedDirectory(store, "local").add_user(
-        "mallory", MALLORY_PASSWORD, display_name=MALLORY_DISPLAY, email=MALLORY_EMAIL,
-        groups=["staff"],
-    )
-    store.close()
+    add_mallory(config)
     with ExitStack() as servers:
         bridge = servers.enter_context(live_bridge(config))
         idp_metadata = requests.get(bridge.url + "/saml/metadata", timeout=10)
@@ -115,15 +107,6 @@ def mellon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MellonEnv]:
         registered = register(workdir, config, sp, "mellon")
         set_release(config, "mellon", RELEASE)
         yield MellonEnv(bridge, sp, registered, servers)
-
-
-def bridge_sign_in(env: MellonEnv, client: requests.Session, page: requests.Response,
-                   user: str = "alice", password: str = ALICE_PASSWORD) -> requests.Response:
-    """Fill in the bridge's sign-in page the SP sent the browser to."""
-    assert page.status_code == 200, page.text[:300]
-    assert page.url.startswith(env.bridge.url + "/login?request="), page.url
-    return client.post(env.bridge.url + "/login",
-                       data={**form_fields(page.text), "username": user, "password": password})
 
 
 def redirect_message(url: str, field: str) -> tuple[etree._Element, dict[str, list[str]]]:

@@ -9,10 +9,10 @@ import pytest
 import requests
 from lxml import etree
 
-from tests.conftest import ALICE_PASSWORD
 from tests.saml.conftest import SamlEnv
+from tests.saml.conftest import bridge_sign_in as sign_in
 from tests.saml.peers import Received, read_form, submit_form
-from tests.support import browser_client, form_fields
+from tests.support import browser_client
 
 MAIL = "urn:oid:0.9.2342.19200300.100.1.3"
 GROUPS = "urn:oid:1.3.6.1.4.1.5923.1.5.1.1"
@@ -32,15 +32,6 @@ def start(client: requests.Session, sp: Any, binding: str, **params: str) -> req
     if binding == "post":
         page = submit_form(client, page.text)  # the SP's own form, POSTed to /saml/sso
     return page
-
-
-def sign_in(env: SamlEnv, client: requests.Session, page: requests.Response,
-            user: str = "alice", password: str = ALICE_PASSWORD) -> requests.Response:
-    """Fill in the bridge's sign-in page."""
-    assert page.status_code == 200, page.text[:300]
-    assert page.url.startswith(env.bridge.url + "/login?request="), page.url
-    return client.post(env.bridge.url + "/login",
-                       data={**form_fields(page.text), "username": user, "password": password})
 
 
 def saml_response(page: requests.Response) -> etree._Element:
