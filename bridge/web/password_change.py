@@ -150,10 +150,15 @@ def change_submit() -> Response:
         refusal = source.change_password(username, current, new)
     except SourceUnavailable:
         refusal = UNAVAILABLE
-    flow.count_attempt(
-        attempt, Outcome.INVALID_CREDENTIALS if refusal == WRONG_CREDENTIALS else (
-            Outcome.SUCCESS if refusal is None else Outcome.REJECTED_INPUT)
-    )
+    if refusal is None:
+        judged = Outcome.SUCCESS  # the current password was right
+    elif refusal == WRONG_CREDENTIALS:
+        judged = Outcome.INVALID_CREDENTIALS
+    elif refusal == UNAVAILABLE:
+        judged = Outcome.SOURCE_UNAVAILABLE
+    else:
+        judged = Outcome.REJECTED_INPUT  # the new password was refused: no guess was judged
+    flow.count_attempt(attempt, judged)
     services().audit.record(
         "password-change",
         "success" if refusal is None else "refused",
