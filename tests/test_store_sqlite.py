@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -242,13 +244,15 @@ def test_forked_child_uses_its_own_connections(store: SQLiteStore) -> None:
     # gunicorn --preload forks after the app (and its store) exists: the child must not reuse
     # the parent's pooled SQLite connections.
     store.put("code", "k", {"v": 1}, ttl=60)
-    assert store.get("code", "k") == {"v": 1}  # the parent now holds a pooled connection
+    assert store.get("code", "k") == {"v": 1}  # the parent now holds its thread's connection
+    parents = store._connections.get()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         outcome = b"E"
         try:
-            outcome = b"1" if store.take("code", "k") == {"v": 1} else b"0"
+            taken = store.take("code", "k") == {"v": 1}
+            outcome = b"1" if taken and store._connections.get() is not parents else b"0"
         finally:
             os.write(write_end, outcome)
             os._exit(0)
@@ -260,6 +264,50 @@ def test_forked_child_uses_its_own_connections(store: SQLiteStore) -> None:
     assert store.get("code", "k") is None  # and the parent's connection still works
     store.put("code", "k2", {"v": 2}, ttl=60)
     assert store.get("code", "k2") == {"v": 2}
+    assert store._connections.get() is parents
+
+
+def _open_files(path: Path) -> int:
+    """How many of this process's file descriptors are open on path."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd) == str(path)
+        except OSError:
+            pass  # closed while we looked
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_threads_connections_end_with_their_threads(store: SQLiteStore, db_path: Path) -> None:
+    # Record reads and writes use a connection of the calling thread's own; a server that
+    # starts a thread per request (Flask's development server) must not pile them up.
+    store.put("code", "k", {"v": 1}, ttl=60)
+    seen: list[bool] = []
+    open_after: list[int] = []
+
+    def use() -> None:
+        seen.append(store.get("code", "k") == {"v": 1})
+        store.put("code", f"t{threading.get_ident()}", {"v": 2}, ttl=60)
+
+    for _ in range(5):
+        threads = [threading.Thread(target=use) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gc.collect()
+        open_after.append(_open_files(db_path))
+        # Only the main thread's connection is still held by the store.
+        assert len(store._connections._held) == 1
+    assert seen == [True] * 50
+    # SQLite keeps a closed connection's descriptor for reuse while others hold locks on the
+    # file, so the count settles at the most threads ever at once; it must not keep growing.
+    assert open_after[1:] == open_after[:-1]
+    store.close()  # closes the main thread's connection too; the next use reopens one
+    assert _open_files(db_path) == 0
+    assert store.get("code", "k") == {"v": 1}
 
 
 def _worker(path: str, barrier: Any, index: int, results: Any, counts: Any) -> None:
