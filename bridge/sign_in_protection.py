@@ -8,9 +8,8 @@ held back, as AD FS's extranet smart lockout does. Failures of unknown usernames
 other, so throttling says nothing about which accounts exist.
 
 The counters live in the store (fixed windows), so every worker and node sees the same ones.
-From an unfamiliar address an attempt is counted before the password is checked (and taken
-back if it was not a wrong guess), so parallel guesses cannot slip past the limit together;
-from a familiar address the counter is only read, keeping the everyday sign-in free of writes.
+An attempt is counted before the password is checked (and taken back if it was not a wrong
+guess), so parallel guesses cannot slip past the limit together, from familiar addresses too.
 """
 
 from __future__ import annotations
@@ -42,8 +41,8 @@ class Attempt:
     username: str = ""
     address: str | None = None
     familiar: bool = False
-    failures: int = 0  # of this username, in its class (familiar or not), in this window
-    counted: bool = False  # already counted as a failure by check() (unfamiliar addresses)
+    failures: int = 0  # earlier ones of this username, in its class (familiar or not)
+    counted: bool = False  # counted by check() as a failure until released() takes it back
 
 
 ALLOWED = Attempt(Verdict.ALLOWED)
@@ -86,25 +85,18 @@ class SignInProtection:
         familiar = address is not None and (
             self.store.get(FAMILIAR_KIND, _key(user, address)) is not None
         )
-        if familiar:
-            seen = self.store.get(FAILURES_KIND, _user_key(user, True))
-            failures = int(seen.get("count", 0)) if seen else 0
-            verdict = (Verdict.USER_THROTTLED if failures >= self.config.familiar_user_failures
-                       else Verdict.ALLOWED)
-            return Attempt(verdict, user, address, True, failures)
-        # Counted now, atomically: of N parallel guesses only those within the limit go on.
-        attempts = self.store.count(FAILURES_KIND, _user_key(user, False), self.window)
-        verdict = Verdict.USER_THROTTLED if attempts > self.config.user_failures else (
-            Verdict.ALLOWED)
-        return Attempt(verdict, user, address, False, attempts - 1, counted=True)
+        limit = self.config.familiar_user_failures if familiar else self.config.user_failures
+        # Counted now, atomically: of N parallel guesses only those within the limit go on,
+        # from a familiar address too (a shared office address is familiar to many people).
+        attempts = self.store.count(FAILURES_KIND, _user_key(user, familiar), self.window)
+        verdict = Verdict.USER_THROTTLED if attempts > limit else Verdict.ALLOWED
+        return Attempt(verdict, user, address, familiar, attempts - 1, counted=True)
 
     def failed(self, attempt: Attempt) -> None:
         """Count a wrong password (or an unknown username) from the attempt's address."""
         if not self.config.enabled or attempt is ALLOWED:
             return
-        if not attempt.counted:
-            self.store.count(FAILURES_KIND, _user_key(attempt.username, attempt.familiar),
-                             self.window)
+        # The username's own counter already holds this attempt (check() counted it).
         if attempt.address is not None:
             self.store.count(FAILURES_KIND, _key("address", attempt.address), self.window)
 
@@ -112,14 +104,14 @@ class SignInProtection:
         """Remember the address as familiar for the user; clear their familiar counter."""
         if not self.config.enabled or attempt is ALLOWED:
             return
-        self.released(attempt)
-        if attempt.address is None:
-            return
-        if not attempt.familiar:
+        if attempt.familiar and attempt.failures:
+            # The user's typos at a familiar address are forgiven once they get it right.
+            self.store.delete(FAILURES_KIND, _user_key(attempt.username, True))
+        else:
+            self.released(attempt)
+        if attempt.address is not None and not attempt.familiar:
             self.store.put(FAMILIAR_KIND, _key(attempt.username, attempt.address), {},
                            self.config.familiar_days * 86400)
-        elif attempt.failures:
-            self.store.delete(FAILURES_KIND, _user_key(attempt.username, True))
 
     def released(self, attempt: Attempt) -> None:
         """Take back an attempt counted in advance that turned out to be no wrong guess."""

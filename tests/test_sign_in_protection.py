@@ -116,18 +116,39 @@ def test_a_success_at_a_familiar_address_clears_its_failures(protected: LiveBrid
     assert attempt(protected, office, "carol", carol).status_code == 303
 
 
-def test_parallel_guesses_cannot_slip_past_the_limit_together(protected: LiveBridge) -> None:
-    # Counted before the password is checked: of 20 simultaneous guesses, 3 reach the directory.
-    pages = {"X-Forwarded-For": "203.0.113.77"}
-    clients = [browser_client() for _ in range(20)]
-    forms = [form_fields(c.get(protected.url + "/login", headers=pages).text) for c in clients]
+def parallel_guesses(live: LiveBridge, address: str, username: str, count: int) -> list[int]:
+    """The sorted statuses of `count` wrong guesses sent at the same moment from one address."""
+    pages = {"X-Forwarded-For": address}
+    clients = [browser_client() for _ in range(count)]
+    forms = [form_fields(c.get(live.url + "/login", headers=pages).text) for c in clients]
 
     def guess(i: int) -> int:
         return clients[i].post(
-            protected.url + "/login", headers=pages, allow_redirects=False,
-            data={**forms[i], "username": "zoe", "password": f"guess {i}"},
+            live.url + "/login", headers=pages, allow_redirects=False,
+            data={**forms[i], "username": username, "password": f"guess {i}"},
         ).status_code
 
-    with ThreadPoolExecutor(20) as pool:
-        statuses = sorted(pool.map(guess, range(20)))
-    assert statuses == [401] * 3 + [429] * 17
+    with ThreadPoolExecutor(count) as pool:
+        return sorted(pool.map(guess, range(count)))
+
+
+def test_parallel_guesses_cannot_slip_past_the_limit_together(protected: LiveBridge) -> None:
+    # Counted before the password is checked: of 20 simultaneous guesses, 3 reach the directory.
+    assert parallel_guesses(protected, "203.0.113.77", "zoe", 20) == [401] * 3 + [429] * 17
+
+
+def test_parallel_guesses_from_a_familiar_address_are_held_back_too(
+    protected: LiveBridge,
+) -> None:
+    # A shared office address is familiar to everyone who works there: an insider's burst of
+    # guesses at a colleague's account from it must not reach the directory either.
+    dave = "dave's password 12"
+    office = "10.0.0.4"
+    assert attempt(protected, office, "dave", dave).status_code == 303
+    before = len(audit_outcomes(protected, "dave"))
+    assert parallel_guesses(protected, office, "dave", 20) == [401] * 3 + [429] * 17
+    burst = [o for o, _ in audit_outcomes(protected, "dave")[before:]]
+    assert sorted(burst) == ["invalid_credentials"] * 3 + ["throttled"] * 17
+    # The familiar counter is spent for this window; an address dave never used is not.
+    assert attempt(protected, office, "dave", dave).status_code == 429
+    assert attempt(protected, "10.0.0.5", "dave", dave).status_code == 303
