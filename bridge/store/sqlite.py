@@ -36,11 +36,14 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
+    func,
     insert,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -161,7 +164,40 @@ _ADD_RECORD = _upsert.on_conflict_do_update(
     set_={"value": _upsert.excluded.value, "expires_at": _upsert.excluded.expires_at},
     where=_records.c.expires_at <= bindparam("k_now"),
 )
-_GET_COUNTER = select(_records.c.value, _records.c.expires_at).where(*_LIVE)
+# A counter is a record whose value is {"count": n}. Counting up is one upsert: a live record
+# gains `by` (never below zero), an absent or expired one starts a new window at `by`; counting
+# down touches only a live record, so it never stores anything new. (Constants are written as
+# SQL literals: the statements run with the caller's parameters only.)
+_COUNT = literal_column("'count'")
+_COUNT_PATH = literal_column("'$.count'")
+_COUNT_NOW = func.coalesce(func.json_extract(_records.c.value, _COUNT_PATH), literal_column("0"))
+_COUNTED = func.json_object(_COUNT, func.max(literal_column("0"), _COUNT_NOW + bindparam("by")))
+_STILL_LIVE = _records.c.expires_at > bindparam("k_now")
+_COUNT_UP = (
+    sqlite_insert(_records)
+    .values(
+        kind=bindparam("k_kind"),
+        key=bindparam("k_key"),
+        value=func.json_object(_COUNT, bindparam("by")),
+        expires_at=bindparam("expires_at"),
+    )
+    .on_conflict_do_update(
+        index_elements=[_records.c.kind, _records.c.key],
+        set_={
+            "value": case((_STILL_LIVE, _COUNTED), else_=func.json_object(_COUNT, bindparam("by"))),
+            "expires_at": case(
+                (_STILL_LIVE, _records.c.expires_at), else_=bindparam("expires_at")
+            ),
+        },
+    )
+    .returning(func.json_extract(_records.c.value, _COUNT_PATH))
+)
+_COUNT_DOWN = (
+    update(_records)
+    .where(*_LIVE)
+    .values(value=_COUNTED)
+    .returning(func.json_extract(_records.c.value, _COUNT_PATH))
+)
 _PURGE_RECORDS = delete(_records).where(_records.c.expires_at <= bindparam("k_now"))
 _APPEND_AUDIT = insert(_audit)
 
@@ -177,7 +213,8 @@ def _driver_sql(statement: Any) -> str:
 _SQL_PUT_RECORD = _driver_sql(_PUT_RECORD)
 _SQL_ADD_RECORD = _driver_sql(_ADD_RECORD)
 _SQL_GET_RECORD = _driver_sql(_GET_RECORD)
-_SQL_GET_COUNTER = _driver_sql(_GET_COUNTER)
+_SQL_COUNT_UP = _driver_sql(_COUNT_UP)
+_SQL_COUNT_DOWN = _driver_sql(_COUNT_DOWN)
 _SQL_TAKE_RECORD = _driver_sql(_TAKE_RECORD)
 _SQL_DELETE_RECORD = _driver_sql(_DELETE_RECORD)
 _SQL_PURGE_RECORDS = _driver_sql(_PURGE_RECORDS)
@@ -595,22 +632,15 @@ class SQLiteStore:
         _check_name("kind", kind)
         _check_name("key", key)
         _check_ttl(ttl)
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise TypeError("by must be an int")
         now = self._clock()
-        # Read and write under the one write lock (BEGIN IMMEDIATE): no increment is lost,
-        # across threads and processes alike.
+        # One statement under the write lock (BEGIN IMMEDIATE): no increment is lost, across
+        # threads and processes alike.
+        row = {"k_kind": kind, "k_key": key, "k_now": now, "by": by, "expires_at": now + ttl}
         with self._records_transaction("BEGIN IMMEDIATE") as db:
-            match = {"k_kind": kind, "k_key": key, "k_now": now}
-            live = db.execute(_SQL_GET_COUNTER, match).fetchone()
-            if live is None and by <= 0:
-                return 0
-            current, expires_at = (0, now + ttl) if live is None else (
-                int(json.loads(live[0]).get("count", 0)), live[1]
-            )
-            count = max(0, current + by)
-            row = {"kind": kind, "key": key, "value": json.dumps({"count": count}),
-                   "expires_at": expires_at}
-            db.execute(_SQL_PUT_RECORD, row)
-        return count
+            counted = db.execute(_SQL_COUNT_UP if by > 0 else _SQL_COUNT_DOWN, row).fetchone()
+        return 0 if counted is None else int(counted[0])
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         """Return a live record, or None if absent or expired."""
