@@ -104,8 +104,9 @@ class SignInProtection:
         """Remember the address as familiar for the user; clear their familiar counter."""
         if not self.config.enabled or attempt is ALLOWED:
             return
-        if attempt.familiar and attempt.failures:
-            # The user's typos at a familiar address are forgiven once they get it right.
+        if attempt.familiar:
+            # Typos at a familiar address are forgiven once the user gets it right, as AD
+            # resets badPwdCount at a successful sign-in (a delete: the cheapest write).
             self.store.delete(FAILURES_KIND, _user_key(attempt.username, True))
         else:
             self.released(attempt)
