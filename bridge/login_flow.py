@@ -241,7 +241,7 @@ class LoginFlow:
             result, source = AuthResult(Outcome.THROTTLED), None
         else:
             result, source = self._authenticate(username, password, login_request)
-            self.count_attempt(attempt, result.outcome)
+            self.count_attempt(attempt, result.outcome, result.account)
         outcome = result.outcome
         self.metrics.sign_ins.labels(outcome=outcome.value, source=source or "none").inc()
         session = None
@@ -269,14 +269,17 @@ class LoginFlow:
         """Ask sign-in protection whether this attempt may check a password now."""
         return self.protection.check(username, client.ip) if self.protection else ALLOWED
 
-    def count_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
-        """Feed sign-in protection: a wrong password or unknown name counts, success clears."""
+    def count_attempt(self, attempt: Attempt, outcome: Outcome, account: str | None = None) -> None:
+        """Feed sign-in protection: a wrong password or unknown name counts, success clears.
+
+        account: the account a source found for the username, if any (AuthResult.account).
+        """
         if self.protection is None:
             return
         if outcome in COUNTED_FAILURES:
-            self.protection.failed(attempt)
+            self.protection.failed(attempt, account)
         elif outcome in PASSWORD_PROVEN:
-            self.protection.succeeded(attempt)
+            self.protection.succeeded(attempt, account)
         else:  # unavailable, refused input, locked: no guess was judged
             self.protection.released(attempt)
 

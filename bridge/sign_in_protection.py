@@ -10,6 +10,12 @@ other, so throttling says nothing about which accounts exist.
 The counters live in the store (fixed windows), so every worker and node sees the same ones.
 An attempt is counted before the password is checked (and taken back if it was not a wrong
 guess), so parallel guesses cannot slip past the limit together, from familiar addresses too.
+
+One account has several spellings: alice, CORP\alice and alice@corp are one name here, but a
+mail address whose local part differs is only known to be alice once a source has found her
+by it. From then on (for familiar_days) that spelling counts as her account, and the failure
+that taught it is counted on her account as well: an attacker cannot multiply their guesses
+by spelling one account several ways, beyond what a first burst through a new spelling gets.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from bridge.store import Store
 
 FAILURES_KIND = "sign-in-failures"
 FAMILIAR_KIND = "familiar-address"
+SPELLING_KIND = "account-spelling"
 
 
 class Verdict(enum.StrEnum):
@@ -43,6 +50,7 @@ class Attempt:
     familiar: bool = False
     failures: int = 0  # earlier ones of this username, in its class (familiar or not)
     counted: bool = False  # counted by check() as a failure until released() takes it back
+    spelling: str = ""  # the username as typed, case-folded (username may be its account)
 
 
 ALLOWED = Attempt(Verdict.ALLOWED)
@@ -82,6 +90,13 @@ class SignInProtection:
             if seen and seen.get("count", 0) >= self.config.address_failures:
                 return Attempt(Verdict.ADDRESS_THROTTLED, username, address)
         user = normalised_username(username)
+        # A spelling a source has tied to an account before (a mail address whose local part
+        # is not the account name) counts as that account. Spellings are whole names: bob's
+        # account name must not follow alice's mail address bob@mail.example.
+        typed = username.strip().casefold()
+        known = self.store.get(SPELLING_KIND, _key("spelling", typed))
+        if known and isinstance(known.get("account"), str):
+            user = known["account"]
         familiar = address is not None and (
             self.store.get(FAMILIAR_KIND, _key(user, address)) is not None
         )
@@ -90,20 +105,39 @@ class SignInProtection:
         # from a familiar address too (a shared office address is familiar to many people).
         attempts = self.store.count(FAILURES_KIND, _user_key(user, familiar), self.window)
         verdict = Verdict.USER_THROTTLED if attempts > limit else Verdict.ALLOWED
-        return Attempt(verdict, user, address, familiar, attempts - 1, counted=True)
+        return Attempt(verdict, user, address, familiar, attempts - 1, True, typed)
 
-    def failed(self, attempt: Attempt) -> None:
-        """Count a wrong password (or an unknown username) from the attempt's address."""
+    def failed(self, attempt: Attempt, account: str | None = None) -> None:
+        """Count a wrong password (or an unknown username) from the attempt's address.
+
+        account: the account a source found for the username, when it found one.
+        """
         if not self.config.enabled or attempt is ALLOWED:
             return
-        # The username's own counter already holds this attempt (check() counted it).
+        # The username's own counter already holds this attempt (check() counted it); under
+        # another spelling of an account, the account's counter takes it too.
+        other = self._learn_spelling(attempt, account)
+        if other is not None:
+            self.store.count(FAILURES_KIND, _user_key(other, False), self.window)
         if attempt.address is not None:
             self.store.count(FAILURES_KIND, _key("address", attempt.address), self.window)
 
-    def succeeded(self, attempt: Attempt) -> None:
+    def _learn_spelling(self, attempt: Attempt, account: str | None) -> str | None:
+        """The account a source found, if not the one counted: remembered for the spelling."""
+        if not account or not attempt.spelling:
+            return None
+        user = normalised_username(account)
+        if user == attempt.username:
+            return None
+        self.store.put(SPELLING_KIND, _key("spelling", attempt.spelling), {"account": user},
+                       self.config.familiar_days * 86400)
+        return user
+
+    def succeeded(self, attempt: Attempt, account: str | None = None) -> None:
         """Remember the address as familiar for the user; clear their familiar counter."""
         if not self.config.enabled or attempt is ALLOWED:
             return
+        user = self._learn_spelling(attempt, account) or attempt.username
         if attempt.familiar:
             # Typos at a familiar address are forgiven once the user gets it right, as AD
             # resets badPwdCount at a successful sign-in (a delete: the cheapest write).
@@ -111,7 +145,7 @@ class SignInProtection:
         else:
             self.released(attempt)
         if attempt.address is not None and not attempt.familiar:
-            self.store.put(FAMILIAR_KIND, _key(attempt.username, attempt.address), {},
+            self.store.put(FAMILIAR_KIND, _key(user, attempt.address), {},
                            self.config.familiar_days * 86400)
 
     def released(self, attempt: Attempt) -> None:

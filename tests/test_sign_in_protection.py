@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from bridge.config import SignInProtectionConfig
+from bridge.sign_in_protection import SignInProtection, Verdict
+from bridge.store.sqlite import SQLiteStore
 from tests.conftest import USERS
 from tests.support import (
     LiveBridge,
@@ -152,3 +155,25 @@ def test_parallel_guesses_from_a_familiar_address_are_held_back_too(
     # The familiar counter is spent for this window; an address dave never used is not.
     assert attempt(protected, office, "dave", dave).status_code == 429
     assert attempt(protected, "10.0.0.5", "dave", dave).status_code == 303
+
+
+def test_a_spelling_is_tied_to_its_account_as_a_whole_name(tmp_path: Path) -> None:
+    # alice's mail address bob@mail.example.test is alice once a source has said so; the
+    # account name bob stays bob's.
+    store = SQLiteStore(tmp_path / "bridge.db")
+    protection = SignInProtection(
+        store, SignInProtectionConfig(user_failures=2, familiar_user_failures=1)
+    )
+    try:
+        first = protection.check("bob@mail.example.test", ATTACKER)
+        assert first.verdict is Verdict.ALLOWED
+        protection.failed(first, account="alice")  # the directory found alice by that mail
+        again = protection.check("BOB@mail.example.test", ATTACKER)
+        assert again.username == "alice" and again.verdict is Verdict.ALLOWED
+        protection.failed(again, account="alice")
+        # Both guesses count on alice: a third try at her account is held back.
+        assert protection.check("alice", ELSEWHERE).verdict is Verdict.USER_THROTTLED
+        bob = protection.check("bob", ELSEWHERE)
+        assert bob.username == "bob" and bob.verdict is Verdict.ALLOWED
+    finally:
+        store.close()

@@ -52,6 +52,9 @@ class AuthResult:
     identity: Identity | None = None
     # Set on success when the password expires soon enough to warn the user.
     password_expires: datetime | None = None
+    # The account the username denoted, by its login name, whenever the source found one
+    # (a wrong password too): sign-in protection counts every spelling of it together.
+    account: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -99,12 +99,12 @@ class EmbeddedDirectory:
             return AuthResult(Outcome.UNKNOWN_USER)
         user, document = found
         if not self._verify(user.password_hash, password):
-            return AuthResult(Outcome.INVALID_CREDENTIALS)
+            return AuthResult(Outcome.INVALID_CREDENTIALS, account=user.username)
         if user.disabled:
-            return AuthResult(Outcome.DISABLED)
+            return AuthResult(Outcome.DISABLED, account=user.username)
         if self._hasher.check_needs_rehash(user.password_hash):
             self._rehash(user, document, password)
-        return AuthResult(Outcome.SUCCESS, self.identity(user))
+        return AuthResult(Outcome.SUCCESS, self.identity(user), account=user.username)
 
     def _dummy_hash(self) -> str:
         # Verifying against this when the user is unknown keeps both answers equally slow;

@@ -290,16 +290,17 @@ class LdapSource:
         entry = self.find_user(username)
         if entry is None:
             return AuthResult(Outcome.UNKNOWN_USER)
+        account = _first(entry.values, self.config.user_search.username_attribute) or entry.dn
         outcome = self._bind_outcome(*self._bind(entry.dn, password))
         if outcome is not Outcome.SUCCESS:
-            return AuthResult(outcome)
+            return AuthResult(outcome, account=account)
         state, token_groups = self._read_state(entry.dn)
         if state is not None:
             blocking = state.blocking_outcome(self.clock())
             if blocking is not None:
-                return AuthResult(blocking)
+                return AuthResult(blocking, account=account)
         identity = self.identity(entry, token_groups)
-        return AuthResult(Outcome.SUCCESS, identity, self._expiry_warning(state))
+        return AuthResult(Outcome.SUCCESS, identity, self._expiry_warning(state), account)
 
     def _expiry_warning(self, state: AccountState | None) -> datetime | None:
         if state is None or state.password_expires is None:

@@ -60,3 +60,37 @@ def test_guesses_stop_before_the_domain_locks_the_account(
     # Ten guesses, one of which reached the DC: nowhere near its threshold of three.
     assert bad_password_count(samba, test_ca, "sally") == 1
     assert attempt(protected_ad, HOME, "sally", password).status_code == 303
+
+
+@pytest.fixture(scope="module")
+def two_guesses_ad(tmp_path_factory: pytest.TempPathFactory, samba: SambaDC,
+                   test_ca: TestCA) -> Iterator[LiveBridge]:
+    # Two guesses per window from unfamiliar addresses (the test makes none from familiar
+    # ones), against the domain's three.
+    path = write_ldap_config(
+        tmp_path_factory.mktemp("two-guesses-ad") / "bridge",
+        ad_source(samba, test_ca.ca_file), samba.users["svc-bridge"].password,
+        server={"trusted_proxy_hops": 1},
+        sign_in_protection={"enabled": True, "user_failures": 2, "familiar_user_failures": 1},
+    )
+    with live_bridge(path) as server:
+        yield server
+
+
+def test_spelling_an_account_another_way_buys_no_more_guesses(
+    two_guesses_ad: LiveBridge, samba: SambaDC, test_ca: TestCA
+) -> None:
+    # mona's mail address does not start with her account name, so only the directory knows
+    # it is her. Once it has said so, guesses through her mail count on her account: without
+    # that, two guesses by mail and two by account name would lock her out at the DC.
+    mail = samba.users["mona"].mail
+    assert mail is not None and not mail.startswith("mona")
+    assert attempt(two_guesses_ad, HOME, "mona", samba.users["mona"].password).status_code == 303
+    for _ in range(2):
+        assert attempt(two_guesses_ad, ATTACKER, mail, "a guess").status_code == 401
+    for address, username in ((ATTACKER, mail), (ATTACKER, "mona"), (ELSEWHERE, "CORP\\mona"),
+                              (ELSEWHERE, mail.upper())):
+        response = attempt(two_guesses_ad, address, username, "another guess")
+        assert response.status_code == 429 and THROTTLED in response.text
+    assert bad_password_count(samba, test_ca, "mona") == 2
+    assert attempt(two_guesses_ad, HOME, "mona", samba.users["mona"].password).status_code == 303
