@@ -25,6 +25,7 @@ from bridge.observability import Metrics
 from bridge.sessions import SessionManager, SsoSession
 from bridge.sign_in_protection import ALLOWED, Attempt, SignInProtection, Verdict
 from bridge.sources import (
+    Admission,
     AuthResult,
     Outcome,
     PasswordSource,
@@ -137,6 +138,22 @@ PASSWORD_PROVEN = frozenset({
 PASSWORD_CHANGE_NEEDED = frozenset({Outcome.PASSWORD_EXPIRED, Outcome.MUST_CHANGE_PASSWORD})
 
 
+class _Admission:
+    """A source's admit() hook for one attempt: sign-in protection's say, once the account is
+    known, before its password is checked (the attempt may move to the account's counter)."""
+
+    def __init__(self, protection: SignInProtection | None, attempt: Attempt):
+        self.protection = protection
+        self.attempt = attempt
+
+    def __call__(self, account: str) -> bool:
+        """May the attempt go on, now that the account it names is known?"""
+        if self.protection is None:
+            return True
+        self.attempt = self.protection.admit(self.attempt, account)
+        return self.attempt.verdict is Verdict.ALLOWED
+
+
 class LoginFlow:
     """Joins frontends, sources and sessions; the only module that knows all three."""
 
@@ -240,8 +257,11 @@ class LoginFlow:
         if attempt.verdict is not Verdict.ALLOWED:
             result, source = AuthResult(Outcome.THROTTLED), None
         else:
-            result, source = self._authenticate(username, password, login_request)
-            self.count_attempt(attempt, result.outcome, result.account)
+            admission = _Admission(self.protection, attempt)
+            result, source = self._authenticate(username, password, login_request, admission)
+            attempt = admission.attempt
+            if result.outcome is not Outcome.THROTTLED:
+                self.count_attempt(attempt, result.outcome)
         outcome = result.outcome
         self.metrics.sign_ins.labels(outcome=outcome.value, source=source or "none").inc()
         session = None
@@ -269,22 +289,20 @@ class LoginFlow:
         """Ask sign-in protection whether this attempt may check a password now."""
         return self.protection.check(username, client.ip) if self.protection else ALLOWED
 
-    def count_attempt(self, attempt: Attempt, outcome: Outcome, account: str | None = None) -> None:
-        """Feed sign-in protection: a wrong password or unknown name counts, success clears.
-
-        account: the account a source found for the username, if any (AuthResult.account).
-        """
+    def count_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Feed sign-in protection: a wrong password or unknown name counts, success clears."""
         if self.protection is None:
             return
         if outcome in COUNTED_FAILURES:
-            self.protection.failed(attempt, account)
+            self.protection.failed(attempt)
         elif outcome in PASSWORD_PROVEN:
-            self.protection.succeeded(attempt, account)
+            self.protection.succeeded(attempt)
         else:  # unavailable, refused input, locked: no guess was judged
             self.protection.released(attempt)
 
     def _authenticate(
-        self, username: str, password: str, login_request: LoginRequest | None
+        self, username: str, password: str, login_request: LoginRequest | None,
+        admit: Admission | None = None,
     ) -> tuple[AuthResult, str | None]:
         allowed = login_request.sources if login_request else ()
         candidates = [s for s in self.sources if not allowed or s.id in allowed]
@@ -292,7 +310,7 @@ class LoginFlow:
         tried = None
         for source in candidates:
             try:
-                result = source.authenticate(username, password)
+                result = source.authenticate(username, password, admit)
             except SourceUnavailable:
                 return AuthResult(Outcome.SOURCE_UNAVAILABLE), source.id
             if result.outcome is Outcome.REJECTED_INPUT:

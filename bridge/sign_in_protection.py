@@ -13,9 +13,9 @@ guess), so parallel guesses cannot slip past the limit together, from familiar a
 
 One account has several spellings: alice, CORP\alice and alice@corp are one name here, but a
 mail address whose local part differs is only known to be alice once a source has found her
-by it. From then on (for familiar_days) that spelling counts as her account, and the failure
-that taught it is counted on her account as well: an attacker cannot multiply their guesses
-by spelling one account several ways, beyond what a first burst through a new spelling gets.
+by it. The source then asks admit() before it checks the password, which moves the attempt to
+her account's own counter, and remembers the spelling (for familiar_days) so that later
+attempts count there from the start: spelling an account several ways buys no more guesses.
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ class SignInProtection:
         known = self.store.get(SPELLING_KIND, _key("spelling", typed))
         if known and isinstance(known.get("account"), str):
             user = known["account"]
+        return self._counted(user, address, typed)
+
+    def _counted(self, user: str, address: str | None, spelling: str) -> Attempt:
+        """Count an attempt on a user's counter now and judge it against that counter."""
         familiar = address is not None and (
             self.store.get(FAMILIAR_KIND, _key(user, address)) is not None
         )
@@ -105,39 +109,36 @@ class SignInProtection:
         # from a familiar address too (a shared office address is familiar to many people).
         attempts = self.store.count(FAILURES_KIND, _user_key(user, familiar), self.window)
         verdict = Verdict.USER_THROTTLED if attempts > limit else Verdict.ALLOWED
-        return Attempt(verdict, user, address, familiar, attempts - 1, True, typed)
+        return Attempt(verdict, user, address, familiar, attempts - 1, True, spelling)
 
-    def failed(self, attempt: Attempt, account: str | None = None) -> None:
-        """Count a wrong password (or an unknown username) from the attempt's address.
+    def admit(self, attempt: Attempt, account: str) -> Attempt:
+        """The attempt once a source has found its account, before the password is checked.
 
-        account: the account a source found for the username, when it found one.
+        If the username spelled the account another way, the attempt moves to the account's
+        own counter (and may be throttled there), and the spelling is remembered.
         """
+        if not self.config.enabled or not attempt.counted:
+            return attempt
+        user = normalised_username(account)
+        if user == attempt.username:
+            return attempt
+        self.store.put(SPELLING_KIND, _key("spelling", attempt.spelling), {"account": user},
+                       self.config.familiar_days * 86400)
+        self.released(attempt)
+        return self._counted(user, attempt.address, attempt.spelling)
+
+    def failed(self, attempt: Attempt) -> None:
+        """Count a wrong password (or an unknown username) from the attempt's address."""
         if not self.config.enabled or attempt is ALLOWED:
             return
-        # The username's own counter already holds this attempt (check() counted it); under
-        # another spelling of an account, the account's counter takes it too.
-        other = self._learn_spelling(attempt, account)
-        if other is not None:
-            self.store.count(FAILURES_KIND, _user_key(other, False), self.window)
+        # The username's own counter already holds this attempt (check() counted it).
         if attempt.address is not None:
             self.store.count(FAILURES_KIND, _key("address", attempt.address), self.window)
 
-    def _learn_spelling(self, attempt: Attempt, account: str | None) -> str | None:
-        """The account a source found, if not the one counted: remembered for the spelling."""
-        if not account or not attempt.spelling:
-            return None
-        user = normalised_username(account)
-        if user == attempt.username:
-            return None
-        self.store.put(SPELLING_KIND, _key("spelling", attempt.spelling), {"account": user},
-                       self.config.familiar_days * 86400)
-        return user
-
-    def succeeded(self, attempt: Attempt, account: str | None = None) -> None:
+    def succeeded(self, attempt: Attempt) -> None:
         """Remember the address as familiar for the user; clear their familiar counter."""
         if not self.config.enabled or attempt is ALLOWED:
             return
-        user = self._learn_spelling(attempt, account) or attempt.username
         if attempt.familiar:
             # Typos at a familiar address are forgiven once the user gets it right, as AD
             # resets badPwdCount at a successful sign-in (a delete: the cheapest write).
@@ -145,7 +146,7 @@ class SignInProtection:
         else:
             self.released(attempt)
         if attempt.address is not None and not attempt.familiar:
-            self.store.put(FAMILIAR_KIND, _key(user, attempt.address), {},
+            self.store.put(FAMILIAR_KIND, _key(attempt.username, attempt.address), {},
                            self.config.familiar_days * 86400)
 
     def released(self, attempt: Attempt) -> None:

@@ -158,22 +158,28 @@ def test_parallel_guesses_from_a_familiar_address_are_held_back_too(
 
 
 def test_a_spelling_is_tied_to_its_account_as_a_whole_name(tmp_path: Path) -> None:
-    # alice's mail address bob@mail.example.test is alice once a source has said so; the
-    # account name bob stays bob's.
+    # alice's mail address bob@mail.example.test is alice once a source has found her by it;
+    # the account name bob stays bob's.
     store = SQLiteStore(tmp_path / "bridge.db")
     protection = SignInProtection(
         store, SignInProtectionConfig(user_failures=2, familiar_user_failures=1)
     )
     try:
         first = protection.check("bob@mail.example.test", ATTACKER)
-        assert first.verdict is Verdict.ALLOWED
-        protection.failed(first, account="alice")  # the directory found alice by that mail
+        assert first.username == "bob"  # nothing is known of this spelling yet
+        moved = protection.admit(first, "ALICE")  # the directory found alice by that mail
+        assert moved.username == "alice" and moved.verdict is Verdict.ALLOWED
+        protection.failed(moved)
         again = protection.check("BOB@mail.example.test", ATTACKER)
         assert again.username == "alice" and again.verdict is Verdict.ALLOWED
-        protection.failed(again, account="alice")
+        assert protection.admit(again, "alice") is again
+        protection.failed(again)
         # Both guesses count on alice: a third try at her account is held back.
         assert protection.check("alice", ELSEWHERE).verdict is Verdict.USER_THROTTLED
+        third = protection.check("bob@mail.example.test", ELSEWHERE)
+        assert third.username == "alice" and third.verdict is Verdict.USER_THROTTLED
+        # bob's own counter was given back when the first guess moved to alice.
         bob = protection.check("bob", ELSEWHERE)
-        assert bob.username == "bob" and bob.verdict is Verdict.ALLOWED
+        assert bob.username == "bob" and bob.failures == 0
     finally:
         store.close()

@@ -9,6 +9,7 @@ told apart here so the audit trail and lockout logic can see them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -52,14 +53,17 @@ class AuthResult:
     identity: Identity | None = None
     # Set on success when the password expires soon enough to warn the user.
     password_expires: datetime | None = None
-    # The account the username denoted, by its login name, whenever the source found one
-    # (a wrong password too): sign-in protection counts every spelling of it together.
-    account: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when the user is signed in."""
         return self.outcome is Outcome.SUCCESS and self.identity is not None
+
+
+# Asked by a password source with the login name of the account a username denotes, once
+# found and before the password is checked: may this attempt go on? (Sign-in protection
+# counts every spelling of an account on the account itself this way.)
+Admission = Callable[[str], bool]
 
 
 @runtime_checkable
@@ -69,8 +73,14 @@ class PasswordSource(Protocol):
     id: str
     display_name: str
 
-    def authenticate(self, username: str, password: str) -> AuthResult:
-        """Check the credentials; never raise for a wrong password or an unknown user."""
+    def authenticate(
+        self, username: str, password: str, admit: Admission | None = None
+    ) -> AuthResult:
+        """Check the credentials; never raise for a wrong password or an unknown user.
+
+        admit, if given, is asked once the account is found and before its password is
+        checked; when it answers False the source stops there with Outcome.THROTTLED.
+        """
 
     def check(self) -> None:
         """Raise an exception with a readable message if the source cannot serve sign-ins."""

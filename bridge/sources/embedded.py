@@ -14,7 +14,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from bridge.identity import Identity
-from bridge.sources import AuthResult, Outcome, SourceUnavailable, credentials_acceptable
+from bridge.sources import (
+    Admission,
+    AuthResult,
+    Outcome,
+    SourceUnavailable,
+    credentials_acceptable,
+)
 from bridge.store import Document, Store, StoreError, VersionConflict
 
 USER_KIND = "embedded-user"
@@ -86,7 +92,9 @@ class EmbeddedDirectory:
             return None
         return LocalUser.from_body(document.body), document
 
-    def authenticate(self, username: str, password: str) -> AuthResult:
+    def authenticate(
+        self, username: str, password: str, admit: Admission | None = None
+    ) -> AuthResult:
         """Check a password against the stored argon2id hash."""
         if not credentials_acceptable(username, password):
             return AuthResult(Outcome.REJECTED_INPUT)
@@ -98,13 +106,15 @@ class EmbeddedDirectory:
             self._verify(self._dummy_hash(), password)
             return AuthResult(Outcome.UNKNOWN_USER)
         user, document = found
+        if admit is not None and not admit(user.username):
+            return AuthResult(Outcome.THROTTLED)
         if not self._verify(user.password_hash, password):
-            return AuthResult(Outcome.INVALID_CREDENTIALS, account=user.username)
+            return AuthResult(Outcome.INVALID_CREDENTIALS)
         if user.disabled:
-            return AuthResult(Outcome.DISABLED, account=user.username)
+            return AuthResult(Outcome.DISABLED)
         if self._hasher.check_needs_rehash(user.password_hash):
             self._rehash(user, document, password)
-        return AuthResult(Outcome.SUCCESS, self.identity(user), account=user.username)
+        return AuthResult(Outcome.SUCCESS, self.identity(user))
 
     def _dummy_hash(self) -> str:
         # Verifying against this when the user is unknown keeps both answers equally slow;

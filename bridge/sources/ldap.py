@@ -26,6 +26,7 @@ from bridge.identity import Identity
 from bridge.sources import (
     MAX_USERNAME_LENGTH,
     WRONG_CREDENTIALS,
+    Admission,
     AuthResult,
     Outcome,
     SourceUnavailable,
@@ -283,24 +284,31 @@ class LdapSource:
         )
         raise SourceUnavailable(f"bind refused: {result.get('description')}")
 
-    def authenticate(self, username: str, password: str) -> AuthResult:
+    def authenticate(
+        self, username: str, password: str, admit: Admission | None = None
+    ) -> AuthResult:
         """Check a password by binding as the user found; never raises for a wrong one."""
         if not credentials_acceptable(username, password):
             return AuthResult(Outcome.REJECTED_INPUT)
         entry = self.find_user(username)
         if entry is None:
             return AuthResult(Outcome.UNKNOWN_USER)
-        account = _first(entry.values, self.config.user_search.username_attribute) or entry.dn
+        if admit is not None and not admit(self._account(entry)):
+            return AuthResult(Outcome.THROTTLED)
         outcome = self._bind_outcome(*self._bind(entry.dn, password))
         if outcome is not Outcome.SUCCESS:
-            return AuthResult(outcome, account=account)
+            return AuthResult(outcome)
         state, token_groups = self._read_state(entry.dn)
         if state is not None:
             blocking = state.blocking_outcome(self.clock())
             if blocking is not None:
-                return AuthResult(blocking, account=account)
+                return AuthResult(blocking)
         identity = self.identity(entry, token_groups)
-        return AuthResult(Outcome.SUCCESS, identity, self._expiry_warning(state), account)
+        return AuthResult(Outcome.SUCCESS, identity, self._expiry_warning(state))
+
+    def _account(self, entry: UserEntry) -> str:
+        """The login name of an entry (sAMAccountName, uid), whatever name found it."""
+        return _first(entry.values, self.config.user_search.username_attribute) or entry.dn
 
     def _expiry_warning(self, state: AccountState | None) -> datetime | None:
         if state is None or state.password_expires is None:
