@@ -138,7 +138,7 @@ PASSWORD_PROVEN = frozenset({
 PASSWORD_CHANGE_NEEDED = frozenset({Outcome.PASSWORD_EXPIRED, Outcome.MUST_CHANGE_PASSWORD})
 
 
-class _Admission:
+class AttemptAdmission:
     """A source's admit() hook for one attempt: sign-in protection's say, once the account is
     known, before its password is checked (the attempt may move to the account's counter)."""
 
@@ -257,7 +257,7 @@ class LoginFlow:
         if attempt.verdict is not Verdict.ALLOWED:
             result, source = AuthResult(Outcome.THROTTLED), None
         else:
-            admission = _Admission(self.protection, attempt)
+            admission = self.admission(attempt)
             result, source = self._authenticate(username, password, login_request, admission)
             attempt = admission.attempt
             if result.outcome is not Outcome.THROTTLED:
@@ -288,6 +288,10 @@ class LoginFlow:
     def check_attempt(self, username: str, client: Client) -> Attempt:
         """Ask sign-in protection whether this attempt may check a password now."""
         return self.protection.check(username, client.ip) if self.protection else ALLOWED
+
+    def admission(self, attempt: Attempt) -> AttemptAdmission:
+        """The admit() hook a password source asks once it has found the attempt's account."""
+        return AttemptAdmission(self.protection, attempt)
 
     def count_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
         """Feed sign-in protection: a wrong password or unknown name counts, success clears."""

@@ -23,6 +23,8 @@ MAX_PASSWORD_LENGTH = 1024
 # The refusal a PasswordChangeSource gives for a wrong username or current password (the
 # change-password page counts it as a failed sign-in).
 WRONG_CREDENTIALS = "The username or current password is incorrect."
+# The refusal it gives when its admit() hook said no: the current password was never tried.
+TOO_MANY_ATTEMPTS = "Too many failed sign-ins. Wait a few minutes, then try again."
 
 
 class Outcome(enum.StrEnum):
@@ -102,8 +104,14 @@ class PasswordChangeSource(Protocol):
 
     id: str
 
-    def change_password(self, username: str, old_password: str, new_password: str) -> str | None:
-        """Change the password; None on success, else a sentence saying why it was refused."""
+    def change_password(
+        self, username: str, old_password: str, new_password: str,
+        admit: Admission | None = None,
+    ) -> str | None:
+        """Change the password; None on success, else a sentence saying why it was refused.
+
+        admit as for PasswordSource.authenticate (refused with TOO_MANY_ATTEMPTS).
+        """
 
 
 class SourceUnavailable(Exception):

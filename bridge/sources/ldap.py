@@ -25,6 +25,7 @@ from ldap3.utils.conv import escape_filter_chars
 from bridge.identity import Identity
 from bridge.sources import (
     MAX_USERNAME_LENGTH,
+    TOO_MANY_ATTEMPTS,
     WRONG_CREDENTIALS,
     Admission,
     AuthResult,
@@ -540,7 +541,10 @@ class LdapSource:
         state, token_groups = self._read_state(entry.dn)
         return self.identity(entry, token_groups), state
 
-    def change_password(self, username: str, old_password: str, new_password: str) -> str | None:
+    def change_password(
+        self, username: str, old_password: str, new_password: str,
+        admit: Admission | None = None,
+    ) -> str | None:
         """Change a user's password as that user; None on success, else why it was refused.
 
         On AD this is a unicodePwd delete (old) + add (new) in one modify, so AD checks the old
@@ -555,6 +559,8 @@ class LdapSource:
         entry = self.find_user(username)
         if entry is None:
             return WRONG_CREDENTIALS
+        if admit is not None and not admit(self._account(entry)):
+            return TOO_MANY_ATTEMPTS
         dn = entry.dn
         if self.is_ad:
             changes = {

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, g, make_response, redirect, render_templa
 from bridge.login_flow import PASSWORD_CHANGE_NEEDED, PASSWORD_PROVEN, Client
 from bridge.services import services
 from bridge.sessions import SsoSession
-from bridge.sources import MAX_PASSWORD_LENGTH, MAX_USERNAME_LENGTH, Outcome
+from bridge.sources import MAX_PASSWORD_LENGTH, MAX_USERNAME_LENGTH, TOO_MANY_ATTEMPTS, Outcome
 from bridge.web import password_change
 
 bp = Blueprint("auth", __name__)
@@ -21,7 +21,7 @@ MESSAGES = {
     Outcome.LOGON_HOURS: "This account may not sign in at this time of day.",
     Outcome.WORKSTATION_RESTRICTED: "This account may not sign in from here.",
     Outcome.SOURCE_UNAVAILABLE: "Sign-in is temporarily unavailable. Please try again shortly.",
-    Outcome.THROTTLED: "Too many failed sign-ins. Wait a few minutes, then try again.",
+    Outcome.THROTTLED: TOO_MANY_ATTEMPTS,
 }
 STATUS = {Outcome.SOURCE_UNAVAILABLE: 503, Outcome.THROTTLED: 429}
 

@@ -20,6 +20,7 @@ from bridge.sign_in_protection import Verdict
 from bridge.sources import (
     MAX_PASSWORD_LENGTH,
     MAX_USERNAME_LENGTH,
+    TOO_MANY_ATTEMPTS,
     WRONG_CREDENTIALS,
     Outcome,
     PasswordChangeSource,
@@ -145,11 +146,14 @@ def change_submit() -> Response:
     # The current password is a guess like any sign-in: the same protection applies.
     attempt = flow.check_attempt(username, client)
     if attempt.verdict is not Verdict.ALLOWED:
-        return again(auth.MESSAGES[Outcome.THROTTLED], 429)
+        return again(TOO_MANY_ATTEMPTS, 429)
+    admission = flow.admission(attempt)
     try:
-        refusal = source.change_password(username, current, new)
+        refusal = source.change_password(username, current, new, admission)
     except SourceUnavailable:
         refusal = UNAVAILABLE
+    if refusal == TOO_MANY_ATTEMPTS:
+        return again(TOO_MANY_ATTEMPTS, 429)  # throttled on the account: nothing was tried
     if refusal is None:
         judged = Outcome.SUCCESS  # the current password was right
     elif refusal == WRONG_CREDENTIALS:
@@ -158,7 +162,7 @@ def change_submit() -> Response:
         judged = Outcome.SOURCE_UNAVAILABLE
     else:
         judged = Outcome.REJECTED_INPUT  # the new password was refused: no guess was judged
-    flow.count_attempt(attempt, judged)
+    flow.count_attempt(admission.attempt, judged)
     services().audit.record(
         "password-change",
         "success" if refusal is None else "refused",

@@ -174,6 +174,27 @@ def cell(page: str, header: str) -> str:
     return html.unescape(match.group(1))
 
 
+def change_form(client: requests.Session, url: str) -> dict[str, str]:
+    """The hidden fields (and any username) of the change-password form at url."""
+    page = client.get(url)
+    assert page.status_code == 200
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(r'name="(csrf_token|ticket|request|username)"'
+                                      r'[^>]*value="([^"]*)"', page.text)
+    }
+
+
+def submit_change(client: requests.Session, base: str, fields: dict[str, str], current: str,
+                  new: str, confirm: str | None = None,
+                  headers: dict[str, str] | None = None) -> requests.Response:
+    """POST the change-password form: current password, new one, and its confirmation."""
+    return client.post(base + "/password/change", headers=headers, data={
+        **fields, "current_password": current, "new_password": new,
+        "confirm_password": new if confirm is None else confirm,
+    })
+
+
 def error_text(response: requests.Response) -> str:
     """The sign-in page's error message."""
     match = re.search(r'id="error">(.*?)</p>', response.text, re.S)

@@ -161,6 +161,7 @@ def samba_users() -> dict[str, DirectoryUser]:
         DirectoryUser("chris", random_password(), "Chris", "Changer"),
         DirectoryUser("sally", random_password(), "Sally", "Smartlockout"),
         DirectoryUser("mona", random_password(), "Mona", "Spelling", "m.s@mail.example.test"),
+        DirectoryUser("nina", random_password(), "Nina", "Spelling", "n.s@mail.example.test"),
         DirectoryUser("svc-bridge", random_password(), None, None),
     ]
     return {u.sam: u for u in users}

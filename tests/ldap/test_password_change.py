@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import html
-import re
-
-import requests
-
-from tests.ldap.conftest import cell, error_text
+from tests.ldap.conftest import cell, change_form, error_text, submit_change
 from tests.ldap.directories import SambaDC, Slapd, random_password
 from tests.support import LiveBridge, browser_client, form_fields
 
 POLICY = "The new password does not meet the password policy"
-
-
-def _change_form(client: requests.Session, url: str) -> dict[str, str]:
-    page = client.get(url)
-    assert page.status_code == 200
-    fields = {
-        name: html.unescape(value)
-        for name, value in re.findall(r'name="(csrf_token|ticket|request|username)"'
-                                      r'[^>]*value="([^"]*)"', page.text)
-    }
-    return fields
-
-
-def _submit(client: requests.Session, base: str, fields: dict[str, str], current: str,
-            new: str, confirm: str | None = None) -> requests.Response:
-    return client.post(base + "/password/change", data={
-        **fields, "current_password": current, "new_password": new,
-        "confirm_password": new if confirm is None else confirm,
-    })
 
 
 def test_must_change_user_sets_a_new_password_and_is_signed_in(
@@ -43,20 +19,20 @@ def test_must_change_user_sets_a_new_password_and_is_signed_in(
         **form_fields(start.text), "username": "mike", "password": old})
     assert "/password/change?ticket=" in redirected.url
     assert "You must change your password" in redirected.text
-    fields = _change_form(client, redirected.url)
+    fields = change_form(client, redirected.url)
     assert fields["username"] == "mike"
 
-    mismatch = _submit(client, ad_bridge.url, fields, old, "Another-Pass-1!", "Different-1!")
+    mismatch = submit_change(client, ad_bridge.url, fields, old, "Another-Pass-1!", "Different-1!")
     assert mismatch.status_code == 400 and error_text(mismatch) == "The new passwords do not match."
     # AD refuses a too-simple password; the refusal is explained, not shown as a code.
-    weak = _submit(client, ad_bridge.url, fields, old, "short")
+    weak = submit_change(client, ad_bridge.url, fields, old, "short")
     assert weak.status_code == 400 and error_text(weak).startswith(POLICY)
-    wrong = _submit(client, ad_bridge.url, fields, "not the password", random_password())
+    wrong = submit_change(client, ad_bridge.url, fields, "not the password", random_password())
     assert wrong.status_code == 400
     assert error_text(wrong) == "The username or current password is incorrect."
 
     new = random_password()
-    done = _submit(client, ad_bridge.url, fields, old, new)
+    done = submit_change(client, ad_bridge.url, fields, old, new)
     assert done.status_code == 200
     assert done.url == ad_bridge.url + "/app/"  # the original request continued
     assert cell(done.text, "Username") == "mike"
@@ -79,26 +55,26 @@ def test_expired_password_is_changed_and_history_enforced(ad_bridge: LiveBridge,
     redirected = client.post(ad_bridge.url + "/login", data={
         **form_fields(page.text), "username": "pete", "password": old})
     assert "Your password has expired" in redirected.text
-    fields = _change_form(client, redirected.url)
+    fields = change_form(client, redirected.url)
     # Re-using the current password is refused by AD's history rule.
-    same = _submit(client, ad_bridge.url, fields, old, old)
+    same = submit_change(client, ad_bridge.url, fields, old, old)
     assert same.status_code == 400 and error_text(same).startswith(POLICY)
     new = random_password()
-    done = _submit(client, ad_bridge.url, fields, old, new)
+    done = submit_change(client, ad_bridge.url, fields, old, new)
     assert done.url == ad_bridge.url + "/app/"  # no relying party: the landing page
     samba.users["pete"].password = new
 
 
 def test_voluntary_change_without_a_ticket(ad_bridge: LiveBridge, samba: SambaDC) -> None:
     client = browser_client()
-    fields = _change_form(client, ad_bridge.url + "/password/change")
+    fields = change_form(client, ad_bridge.url + "/password/change")
     fields["username"] = "chris@corp.example.test"
     new = random_password()
-    done = _submit(client, ad_bridge.url, fields, samba.users["chris"].password, new)
+    done = submit_change(client, ad_bridge.url, fields, samba.users["chris"].password, new)
     assert done.status_code == 200 and done.url.startswith(ad_bridge.url)
     samba.users["chris"].password = new
     # Unknown users get the same answer as a wrong current password.
-    unknown = _submit(client, ad_bridge.url, _change_form(
+    unknown = submit_change(client, ad_bridge.url, change_form(
         client, ad_bridge.url + "/password/change") | {"username": "no-such-user"},
         random_password(), random_password())
     assert error_text(unknown) == "The username or current password is incorrect."
@@ -117,10 +93,10 @@ def test_openldap_password_change_uses_the_password_modify_operation(
     openldap_bridge: LiveBridge, slapd: Slapd
 ) -> None:
     client = browser_client()
-    fields = _change_form(client, openldap_bridge.url + "/password/change")
+    fields = change_form(client, openldap_bridge.url + "/password/change")
     fields["username"] = "chris"
     new = random_password()
-    done = _submit(client, openldap_bridge.url, fields, slapd.users["chris"].password, new)
+    done = submit_change(client, openldap_bridge.url, fields, slapd.users["chris"].password, new)
     assert done.status_code == 200
     assert cell(done.text, "Username") == "chris"
     slapd.users["chris"].password = new

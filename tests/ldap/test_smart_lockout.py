@@ -13,10 +13,19 @@ from collections.abc import Iterator
 import pytest
 from ldap3 import BASE
 
-from tests.ldap.conftest import ad_source, ldap_source, write_ldap_config
-from tests.ldap.directories import SambaDC, TestCA
-from tests.support import LiveBridge, live_bridge
+from tests.ldap.conftest import (
+    ad_source,
+    change_form,
+    error_text,
+    ldap_source,
+    submit_change,
+    write_ldap_config,
+)
+from tests.ldap.directories import SambaDC, TestCA, random_password
+from tests.support import LiveBridge, browser_client, live_bridge
 from tests.test_sign_in_protection import ATTACKER, ELSEWHERE, HOME, THROTTLED, attempt
+
+THROTTLED_SENTENCE = "Too many failed sign-ins. Wait a few minutes, then try again."
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +103,19 @@ def test_spelling_an_account_another_way_buys_no_more_guesses(
         assert response.status_code == 429 and THROTTLED in response.text
     assert bad_password_count(samba, test_ca, "mona") == 2
     assert attempt(two_guesses_ad, HOME, mail, samba.users["mona"].password).status_code == 303
+
+
+def test_the_change_password_page_counts_spellings_on_the_account_too(
+    two_guesses_ad: LiveBridge, samba: SambaDC, test_ca: TestCA
+) -> None:
+    # Its current password is a guess like any sign-in's, by whatever name it is typed.
+    for _ in range(2):
+        assert attempt(two_guesses_ad, ATTACKER, "nina", "a guess").status_code == 401
+    client = browser_client()
+    fields = change_form(client, two_guesses_ad.url + "/password/change")
+    fields["username"] = samba.users["nina"].mail or ""
+    new = random_password()
+    response = submit_change(client, two_guesses_ad.url, fields, "another guess", new,
+                             headers={"X-Forwarded-For": ATTACKER})
+    assert response.status_code == 429 and error_text(response) == THROTTLED_SENTENCE
+    assert bad_password_count(samba, test_ca, "nina") == 2
