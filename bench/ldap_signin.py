@@ -191,7 +191,8 @@ def wrk_rates(name: str, url: str, username: str, password: str, seconds: float,
 
 # Where in-process CPU goes, by the file a function lives in (first match wins).
 AREAS = [
-    ("LDAP source (bridge/sources, ldap3, TLS)", ("bridge/sources/", "/ldap3/", "ssl")),
+    ("LDAP source (bridge/sources, ldap3, pyasn1, TLS)",
+     ("bridge/sources/", "/ldap3/", "/pyasn1/", "ssl")),
     ("store (bridge/store, SQLAlchemy, sqlite3)", ("bridge/store/", "/sqlalchemy/", "sqlite3")),
     ("sessions, audit, login flow", ("bridge/sessions", "bridge/audit", "bridge/login_flow",
                                      "bridge/identity", "dataclasses.py", "/copy.py",
