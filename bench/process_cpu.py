@@ -8,32 +8,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def group_cpu(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def _group_stats(pgid: int) -> Iterator[tuple[str, list[str]]]:
+    """(pid, /proc stat fields after the command name) of each live process in a group."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
+            continue  # a process that has ended
         if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            yield entry, fields
+
+
+def group_cpu(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum((int(fields[11]) + int(fields[12])) / tick for _, fields in _group_stats(pgid))
 
 
 def _group_threads(pgid: int) -> list[int]:
     """Every thread of every live process in a process group."""
     threads = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, _ in _group_stats(pgid):
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                threads += [int(t) for t in os.listdir(f"/proc/{entry}/task")]
+            threads += [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             continue
     return threads
