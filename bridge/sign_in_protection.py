@@ -66,7 +66,7 @@ def normalised_username(username: str) -> str:
 
     The domain part is dropped, so an attacker cannot multiply their attempts by writing one
     account in several forms; a mail address whose local part differs from the account name
-    still counts apart.
+    is tied to the account by admit() once a source has found it.
     """
     name = username.strip().casefold()
     name = name.rpartition("\\")[2]
@@ -89,11 +89,11 @@ class SignInProtection:
             seen = self.store.get(FAILURES_KIND, _key("address", address))
             if seen and seen.get("count", 0) >= self.config.address_failures:
                 return Attempt(Verdict.ADDRESS_THROTTLED, username, address)
-        user = normalised_username(username)
+        typed = username.strip().casefold()
+        user = normalised_username(typed)
         # A spelling a source has tied to an account before (a mail address whose local part
         # is not the account name) counts as that account. Spellings are whole names: bob's
         # account name must not follow alice's mail address bob@mail.example.
-        typed = username.strip().casefold()
         known = self.store.get(SPELLING_KIND, _key("spelling", typed))
         if known and isinstance(known.get("account"), str):
             user = known["account"]
@@ -143,9 +143,9 @@ class SignInProtection:
             # Typos at a familiar address are forgiven once the user gets it right, as AD
             # resets badPwdCount at a successful sign-in (a delete: the cheapest write).
             self.store.delete(FAILURES_KIND, _user_key(attempt.username, True))
-        else:
-            self.released(attempt)
-        if attempt.address is not None and not attempt.familiar:
+            return
+        self.released(attempt)
+        if attempt.address is not None:
             self.store.put(FAMILIAR_KIND, _key(attempt.username, attempt.address), {},
                            self.config.familiar_days * 86400)
 

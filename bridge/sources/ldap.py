@@ -349,7 +349,7 @@ class LdapSource:
         }
         return Identity(
             subject=subject,
-            username=_first(values, search.username_attribute) or entry.dn,
+            username=self._account(entry),
             source=self.id,
             upn=_first(values, search.upn_attribute),
             email=_first(values, search.email_attribute),
